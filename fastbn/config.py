@@ -1,0 +1,55 @@
+"""Every tunable of fastbn in one place.
+
+Values here are read when a kernel is launched, so tests and users may patch
+them at run time (``fastbn.config.SERIAL_MAX_ELEMENTS = 0``).  None of them
+changes a numerical result: chunk sizes are fixed numbers of elements, never a
+function of the thread count, so results are identical for any
+``numba.set_num_threads`` value.
+"""
+
+import os
+
+#: Numba compile options shared by every CPU kernel.  ``fastmath`` is a set of
+#: LLVM flags, not ``True``: reassociation lets reductions vectorize and
+#: contraction forms FMAs, while NaN and inf keep their IEEE meaning (``True``
+#: would add ``nnan``/``ninf`` and NaN could no longer be relied on to stay in
+#: its channel).
+FASTMATH = {"reassoc", "contract", "arcp"}
+JIT_OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath=FASTMATH)
+
+#: Threading layer requested from Numba when fastbn is imported.  Numba's
+#: default pick may be ``workqueue``, which aborts the process when two Python
+#: threads launch parallel kernels at once.  ``"threadsafe"`` selects ``tbb`` if
+#: it is installed, else ``omp`` (both safe under concurrent calls; only ``tbb``
+#: is also fork-safe).  An explicit ``NUMBA_THREADING_LAYER`` in the
+#: environment wins.
+THREADING_LAYER = os.environ.get("NUMBA_THREADING_LAYER", "threadsafe")
+
+#: Inputs with at most this many elements run a serial kernel: a parallel
+#: launch costs a few microseconds of thread wake-up, more than the work.
+SERIAL_MAX_ELEMENTS = 1 << 16
+
+#: Elements per work chunk of a reduction.  Each chunk's shifted sums are
+#: turned into (count, mean, M2) and chunks are merged in index order with
+#: Chan's formula; the chunk size also bounds the shift's cancellation error.
+CHUNK_ELEMENTS = 1 << 14
+
+#: Inner (spatial) sizes at least this large use the row kernels, whose unit
+#: of work is one contiguous (sample, channel) row; smaller inner sizes,
+#: channels-last and 2-D inputs use the column kernels, which stream whole
+#: rows of the (outer, C * inner) matrix and accumulate per column.
+ROW_KERNEL_MIN_INNER = 32
+
+#: Column blocks of the column kernels hold at most this many columns, so a
+#: block's accumulators stay in L1.
+COLUMN_BLOCK = 1024
+
+#: A channel whose data (x, plus dy in backward) is at most this many bytes is
+#: processed start to finish by one thread: statistics first, then the output
+#: pass re-reads the channel from L2 instead of memory.
+FUSED_CHANNEL_MAX_BYTES = 1 << 20
+
+#: The fused per-channel path needs at least this many channels to keep every
+#: core busy (a fixed number, not the thread count, so the path taken depends
+#: only on the shape).
+FUSED_MIN_CHANNELS = 8

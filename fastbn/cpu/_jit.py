@@ -1,0 +1,55 @@
+"""Numba compilation helpers shared by the CPU kernels.
+
+``worker`` compiles a serial per-channel/row/chunk function; ``driver`` compiles
+a chunked driver twice from one source: a ``parallel=True`` version whose
+``prange`` loops run on Numba's thread pool, and a serial version (``prange``
+is then plain ``range``) for inputs too small to pay for waking threads.
+Both produce identical results: chunking never depends on the thread count.
+"""
+
+import threading
+import types
+
+import numba
+from numba import njit
+
+from .. import config
+
+worker = njit(**config.JIT_OPTIONS)
+
+#: For the few scalar formulas that must round identically wherever they are
+#: inlined (Chan's merge): plain IEEE arithmetic, no fastmath flags.
+exact = njit(cache=True, nogil=True, error_model="numpy")
+
+
+class Driver:
+    """A chunked kernel compiled twice; call ``.parallel`` or ``.serial``."""
+
+    def __init__(self, fn):
+        self.parallel = njit(parallel=True, **config.JIT_OPTIONS)(fn)
+        # A distinct qualname gives the serial twin its own on-disk cache
+        # entry (Numba keys cache files by qualname, not by compile flags).
+        twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
+                                  fn.__defaults__, fn.__closure__)
+        twin.__qualname__ = fn.__qualname__ + "_serial"
+        twin.__module__ = fn.__module__
+        twin.__doc__ = fn.__doc__
+        self.serial = njit(parallel=False, **config.JIT_OPTIONS)(twin)
+        self.__doc__ = fn.__doc__
+        self.__name__ = fn.__name__
+
+    def __call__(self, size, *args):
+        """Run the serial twin when ``size`` elements are too few for threads."""
+        if size <= config.SERIAL_MAX_ELEMENTS:
+            return self.serial(*args)
+        if numba.config.THREADING_LAYER == "workqueue":
+            with _WORKQUEUE_LOCK:  # workqueue aborts on concurrent launches
+                return self.parallel(*args)
+        return self.parallel(*args)
+
+
+_WORKQUEUE_LOCK = threading.Lock()
+
+
+def driver(fn):
+    return Driver(fn)

@@ -1,0 +1,296 @@
+"""The stateless public API: validate, allocate, dispatch to a backend.
+
+Conventions shared by every function (see the README's "Conventions"):
+
+* ``axis`` is the channel axis: 1 for ``(N, C, *spatial)``, -1 for
+  channels-last ``(N, *spatial, C)``.
+* Outputs keep x's dtype.  float32 and float64 are native; float16 is
+  computed in float32.  ``mean``, ``rstd`` and parameter gradients are float64
+  for float64 input and float32 otherwise.
+* ``rstd = 1 / sqrt(var + eps)`` with the biased (``1/m``) variance.
+* Bad input raises ``ValueError``/``TypeError`` before anything is written.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _checks
+from .cpu import batch_norm as _cpu_bn
+
+__all__ = [
+    "batch_norm",
+    "batch_norm_backward",
+    "moments",
+    "merge_moments",
+    "moments_to_stats",
+]
+
+
+def _no_gpu_yet(*arrays):
+    if any(_checks.is_cuda_array(a) for a in arrays if a is not None):
+        raise TypeError(
+            "GPU arrays (objects with __cuda_array_interface__) are not supported by this "
+            "version of fastbn; pass NumPy arrays")
+
+
+def batch_norm(
+    x: np.ndarray,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    running_mean: np.ndarray | None = None,
+    running_var: np.ndarray | None = None,
+    *,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    axis: int = 1,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Batch normalization over every axis of ``x`` but the channel axis.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, *spatial) for ``axis=1`` or (N, *spatial, C) for ``axis=-1``
+        Input, float16/32/64, any ndim >= 2, any strides.
+    weight, bias : ndarray of shape (C,), optional
+        Per-channel scale (gamma) and shift (beta); ``None`` means 1 and 0.
+    running_mean, running_var : ndarray of shape (C,), optional
+        Training: updated in place if given (both or neither).  Inference:
+        required, used as the statistics and left untouched.
+    training : bool
+        Normalize with the batch's statistics (True) or the running ones.
+    momentum : float in [0, 1]
+        ``running = (1 - momentum) * running + momentum * batch``.  Keras'
+        ``momentum=k`` is ``1 - k`` here (Keras 0.99 -> 0.01).
+    eps : float > 0
+        Added to the variance before the square root.
+    axis : int
+        The channel axis.
+    out : ndarray, optional
+        Where to write y (x's shape and dtype, writeable).  ``out=x`` is allowed.
+
+    Returns
+    -------
+    y : ndarray
+        Same shape and dtype as ``x``.
+    mean, rstd : ndarray of shape (C,)
+        The statistics used: ``rstd = 1 / sqrt(var + eps)`` with the biased
+        variance in training; ``(running_mean, 1 / sqrt(running_var + eps))``
+        in inference.  float64 for float64 x, float32 otherwise.
+
+    Raises
+    ------
+    TypeError
+        Non-float ``x`` or parameters.
+    ValueError
+        ndim < 2, axis out of range, parameter or running-stat shapes that do not
+        match ``C``, eps <= 0, momentum outside [0, 1], one value per channel in
+        training, running statistics missing in inference or read-only in
+        training, ``out`` of the wrong shape/dtype or read-only.
+
+    Notes
+    -----
+    Training, per channel with ``m`` values:
+
+    .. math::
+
+        \mu = \frac{1}{m}\sum x,\quad \sigma^2 = \frac{1}{m}\sum (x-\mu)^2,\quad
+        y = \gamma \frac{x-\mu}{\sqrt{\sigma^2+\epsilon}} + \beta
+
+    and the running variance receives the *unbiased* ``m / (m - 1) * var``
+    (PyTorch's convention).  Statistics are accumulated in float64 from
+    shifted sums merged with Chan's formula, so large offsets are harmless;
+    a constant channel gives ``y = beta``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastbn
+    >>> x = np.random.default_rng(0).normal(5, 2, (32, 16, 8, 8)).astype(np.float32)
+    >>> rm, rv = np.zeros(16, np.float32), np.ones(16, np.float32)
+    >>> y, mean, rstd = fastbn.batch_norm(x, running_mean=rm, running_var=rv)
+    >>> bool(abs(y.mean()) < 1e-5)
+    True
+    """
+    _no_gpu_yet(x, weight, bias, running_mean, running_var, out)
+    x = _checks.float_array(x, "x")
+    ax = _checks.channel_axis(axis, x.ndim, x.shape)
+    c = x.shape[ax]
+    m = x.size // c if c else 0
+    w = _checks.channel_vector(weight, "weight", c, x.shape, default=1.0)
+    b = _checks.channel_vector(bias, "bias", c, x.shape, default=0.0)
+    _checks.running_stats(running_mean, running_var, c, x.shape, required=not training)
+    eps = _checks.positive_eps(eps)
+    momentum = _checks.unit_momentum(momentum)
+    if training and m <= 1:
+        raise ValueError(
+            "expected more than 1 value per channel when training; "
+            f"got x of shape {x.shape} with {c} channels along axis {axis}")
+    out = _checks.output(out, x.shape, x.dtype)
+    sdtype = _checks.stats_dtype(x.dtype)
+
+    if not training:
+        mean = np.asarray(running_mean, dtype=np.float64)
+        rstd = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
+        if x.size == 0:
+            return _checks.deliver(np.empty(x.shape, x.dtype), out, x.shape, x.dtype), \
+                mean.astype(sdtype), rstd.astype(sdtype)
+        x3 = _checks.as_3d(x, ax)
+        y3 = _checks.result_buffer(out, x3, x)
+        _cpu_bn.forward_apply(x3, mean, rstd, w, b, y3)
+        return _checks.deliver(y3, out, x.shape, x.dtype), mean.astype(sdtype), \
+            rstd.astype(sdtype)
+
+    x3 = _checks.as_3d(x, ax)
+    y3 = _checks.result_buffer(out, x3, x)
+    mean, m2, rstd = _cpu_bn.forward_train(x3, w, b, eps, y3)
+    if running_mean is not None:
+        _update_running(running_mean, running_var, mean, m2, m, momentum)
+    return _checks.deliver(y3, out, x.shape, x.dtype), mean.astype(sdtype), rstd.astype(sdtype)
+
+
+def _update_running(running_mean, running_var, mean, m2, m, momentum):
+    """In place, PyTorch's rule with the unbiased variance (float16 stats via NumPy)."""
+    if running_mean.dtype == np.float16 or running_var.dtype == np.float16:
+        running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
+        running_var[...] = (1.0 - momentum) * running_var + momentum * (m2 / (m - 1))
+    else:
+        _cpu_bn.update_running(running_mean, running_var, mean, m2, m, momentum)
+
+
+def batch_norm_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    weight: np.ndarray | None = None,
+    *,
+    training: bool = True,
+    axis: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Gradients of :func:`batch_norm` with respect to x, weight and bias.
+
+    Parameters
+    ----------
+    dy : ndarray
+        Gradient of the loss with respect to y; x's shape and dtype.
+    x : ndarray
+        The forward input.
+    mean, rstd : ndarray of shape (C,)
+        The statistics returned by the forward call (never recomputed).
+    weight : ndarray of shape (C,), optional
+        The forward's weight; ``None`` means 1.
+    training : bool
+        True: the full gradient through the batch statistics.  False: the
+        frozen-statistics gradient ``dx = dy * weight * rstd``.
+    axis : int
+        The channel axis used in the forward call.
+
+    Returns
+    -------
+    dx : ndarray
+        x's shape and dtype.
+    dweight, dbias : ndarray of shape (C,)
+        ``sum(dy * xhat)`` and ``sum(dy)`` over every axis but ``axis``, always
+        returned (as if weight=1, bias=0 when None); float64 for float64 x,
+        float32 otherwise.
+
+    Notes
+    -----
+    With ``xhat = (x - mean) * rstd``, ``dy_hat = dy * weight`` and ``m``
+    values per channel:
+
+    .. code-block:: text
+
+        c1 = sum(dy_hat * xhat) / m
+        c2 = sum(dy_hat) / m
+        dx = (dy_hat - (xhat * c1 + c2)) * rstd
+
+    One pass reads x and dy for both sums, a second writes dx (from cache
+    when a channel fits).
+    """
+    _no_gpu_yet(dy, x, mean, rstd, weight)
+    x = _checks.float_array(x, "x")
+    dy = _checks.float_array(dy, "dy")
+    ax = _checks.channel_axis(axis, x.ndim, x.shape)
+    if dy.shape != x.shape:
+        raise ValueError(f"dy must have x's shape {x.shape}; got shape {dy.shape}")
+    if dy.dtype != x.dtype:
+        raise TypeError(f"dy must have x's dtype {x.dtype}; got {dy.dtype}")
+    c = x.shape[ax]
+    mean64 = _checks.channel_vector(mean, "mean", c, x.shape)
+    rstd64 = _checks.channel_vector(rstd, "rstd", c, x.shape)
+    w = _checks.channel_vector(weight, "weight", c, x.shape, default=1.0)
+    sdtype = _checks.stats_dtype(x.dtype)
+    if x.size == 0:
+        return np.zeros(x.shape, x.dtype), np.zeros(c, sdtype), np.zeros(c, sdtype)
+
+    x3 = _checks.as_3d(x, ax)
+    dy3 = _checks.as_3d(dy, ax)
+    dx3 = np.empty_like(x3)
+    dweight, dbias = _cpu_bn.backward(dy3, x3, mean64, rstd64, w, bool(training), dx3)
+    return dx3.reshape(x.shape).astype(x.dtype, copy=False), dweight.astype(sdtype), \
+        dbias.astype(sdtype)
+
+
+def moments(x: np.ndarray, axis: int = 1) -> tuple[int, np.ndarray, np.ndarray]:
+    """Per-channel ``(count, mean, m2)``: ``m2`` is the sum of squared deviations.
+
+    The mergeable form of the statistics: :func:`merge_moments` combines the
+    moments of two pieces of a batch into those of the whole (Chan's formula),
+    and :func:`moments_to_stats` turns them into ``(mean, rstd, unbiased_var)``.
+    ``mean`` and ``m2`` are float64 whatever x's dtype.
+    """
+    _no_gpu_yet(x)
+    x = _checks.float_array(x, "x")
+    ax = _checks.channel_axis(axis, x.ndim, x.shape)
+    c = x.shape[ax]
+    count = x.size // c if c else 0
+    if count == 0:
+        return 0, np.zeros(c), np.zeros(c)
+    mean, m2 = _cpu_bn.moments(_checks.as_3d(x, ax))
+    return count, mean, m2
+
+
+def merge_moments(a, b) -> tuple[int, np.ndarray, np.ndarray]:
+    """Chan's exact merge of two ``(count, mean, m2)`` triples; either may be empty.
+
+    ``delta = mean_b - mean_a``, ``n = n_a + n_b``,
+    ``mean = mean_a + delta * n_b / n``, ``m2 = m2_a + m2_b + delta**2 * n_a * n_b / n``.
+    """
+    na, mean_a, m2_a = a
+    nb, mean_b, m2_b = b
+    mean_a = np.asarray(mean_a, dtype=np.float64)
+    mean_b = np.asarray(mean_b, dtype=np.float64)
+    m2_a = np.asarray(m2_a, dtype=np.float64)
+    m2_b = np.asarray(m2_b, dtype=np.float64)
+    if mean_a.shape != mean_b.shape:
+        raise ValueError(f"moments to merge must have the same shape; got {mean_a.shape} "
+                         f"and {mean_b.shape}")
+    na, nb = int(na), int(nb)
+    if na < 0 or nb < 0:
+        raise ValueError(f"counts must be >= 0; got {na} and {nb}")
+    if nb == 0:
+        return na, mean_a.copy(), m2_a.copy()
+    if na == 0:
+        return nb, mean_b.copy(), m2_b.copy()
+    n = na + nb
+    delta = mean_b - mean_a
+    return n, mean_a + delta * (nb / n), m2_a + m2_b + delta * delta * (na * nb / n)
+
+
+def moments_to_stats(count, mean, m2, eps: float = 1e-5):
+    """``(mean, rstd, unbiased_var)`` from moments: ``rstd = 1/sqrt(m2/count + eps)``.
+
+    ``unbiased_var = m2 / (count - 1)`` (the running-variance convention); it
+    is NaN for a count of 1.
+    """
+    eps = _checks.positive_eps(eps)
+    count = int(count)
+    if count <= 0:
+        raise ValueError(f"count must be positive; got {count}")
+    mean = np.asarray(mean, dtype=np.float64)
+    m2 = np.asarray(m2, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unbiased = m2 / (count - 1) if count > 1 else np.full_like(m2, np.nan)
+    return mean.copy(), 1.0 / np.sqrt(m2 / count + eps), unbiased
