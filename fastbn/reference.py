@@ -30,21 +30,25 @@ __all__ = [
 ]
 
 
-def _channel_view(a, axis):
-    """Return ``a`` as float64 with the channel axis last, and that axis' index."""
+def _per_channel(a, axis):
+    """``a`` as a contiguous float64 (C, m) matrix: one row per channel.
+
+    Reductions then run along a contiguous axis, where NumPy sums pairwise.
+    """
     a = np.asarray(a, dtype=np.float64)
-    axis = axis % a.ndim
-    return np.moveaxis(a, axis, -1), axis
+    return np.ascontiguousarray(np.moveaxis(a, axis, 0)).reshape(a.shape[axis], -1)
 
 
-def _reduced_axes(ndim):
-    return tuple(range(ndim - 1))
+def _like(rows, x, axis):
+    """Undo :func:`_per_channel`: a (C, m) matrix back to the shape of ``x``."""
+    moved = np.moveaxis(np.empty(np.shape(x), dtype=np.float64), axis, 0).shape
+    return np.moveaxis(rows.reshape(moved), 0, axis)
 
 
 def _affine(weight, bias, channels):
     w = np.ones(channels) if weight is None else np.asarray(weight, dtype=np.float64)
     b = np.zeros(channels) if bias is None else np.asarray(bias, dtype=np.float64)
-    return w, b
+    return w[:, None], b[:, None]
 
 
 def moments(x, axis=1):
@@ -52,12 +56,9 @@ def moments(x, axis=1):
 
     ``count = m``, ``mean = sum(x) / m``, ``m2 = sum((x - mean)**2)``.
     """
-    xc, _ = _channel_view(x, axis)
-    red = _reduced_axes(xc.ndim)
-    count = xc.size // xc.shape[-1] if xc.shape[-1] else 0
-    mean = xc.mean(axis=red)
-    m2 = ((xc - mean) ** 2).sum(axis=red)
-    return count, mean, m2
+    xc = _per_channel(x, axis)
+    mean = xc.mean(axis=1)
+    return xc.shape[1], mean, ((xc - mean[:, None]) ** 2).sum(axis=1)
 
 
 def batch_norm_train(x, weight=None, bias=None, eps=1e-5, axis=1):
@@ -66,23 +67,22 @@ def batch_norm_train(x, weight=None, bias=None, eps=1e-5, axis=1):
     Returns ``(y, mean, rstd)`` with ``y = weight * (x - mean) * rstd + bias``
     and ``rstd = 1 / sqrt(var + eps)``, ``var`` the biased (``1/m``) variance.
     """
-    xc, axis = _channel_view(x, axis)
     count, mean, m2 = moments(x, axis)
     rstd = 1.0 / np.sqrt(m2 / count + eps)
-    w, b = _affine(weight, bias, xc.shape[-1])
-    y = (xc - mean) * rstd * w + b
-    return np.moveaxis(y, -1, axis), mean, rstd
+    xc = _per_channel(x, axis)
+    w, b = _affine(weight, bias, xc.shape[0])
+    y = (xc - mean[:, None]) * rstd[:, None] * w + b
+    return _like(y, x, axis), mean, rstd
 
 
 def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, eps=1e-5,
                          axis=1):
     r"""Inference-mode batch norm: ``y = weight * (x - rm) / sqrt(rv + eps) + bias``."""
-    xc, axis = _channel_view(x, axis)
-    rm = np.asarray(running_mean, dtype=np.float64)
-    rstd = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
-    w, b = _affine(weight, bias, xc.shape[-1])
-    y = (xc - rm) * rstd * w + b
-    return np.moveaxis(y, -1, axis)
+    xc = _per_channel(x, axis)
+    rm = np.asarray(running_mean, dtype=np.float64)[:, None]
+    rstd = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64)[:, None] + eps)
+    w, b = _affine(weight, bias, xc.shape[0])
+    return _like((xc - rm) * rstd * w + b, x, axis)
 
 
 def update_running_stats(running_mean, running_var, x, momentum=0.1, axis=1):
@@ -114,19 +114,18 @@ def batch_norm_backward_train(dy, x, mean, rstd, weight=None, axis=1):
 
     Sums run over every axis but ``axis``.  Returns ``(dx, dweight, dbias)``.
     """
-    dyc, axis = _channel_view(dy, axis)
-    xc, _ = _channel_view(x, axis)
-    red = _reduced_axes(xc.ndim)
-    m = xc.size // xc.shape[-1]
-    mean = np.asarray(mean, dtype=np.float64)
-    rstd = np.asarray(rstd, dtype=np.float64)
-    w, _ = _affine(weight, None, xc.shape[-1])
+    dyc = _per_channel(dy, axis)
+    xc = _per_channel(x, axis)
+    m = xc.shape[1]
+    mean = np.asarray(mean, dtype=np.float64)[:, None]
+    rstd = np.asarray(rstd, dtype=np.float64)[:, None]
+    w, _ = _affine(weight, None, xc.shape[0])
     xhat = (xc - mean) * rstd
     dy_hat = dyc * w
-    c1 = (dy_hat * xhat).sum(axis=red) / m
-    c2 = dy_hat.sum(axis=red) / m
+    c1 = (dy_hat * xhat).sum(axis=1, keepdims=True) / m
+    c2 = dy_hat.sum(axis=1, keepdims=True) / m
     dx = (dy_hat - (xhat * c1 + c2)) * rstd
-    return np.moveaxis(dx, -1, axis), (dyc * xhat).sum(axis=red), dyc.sum(axis=red)
+    return _like(dx, x, axis), (dyc * xhat).sum(axis=1), dyc.sum(axis=1)
 
 
 def batch_norm_backward_frozen(dy, x, mean, rstd, weight=None, axis=1):
@@ -135,12 +134,10 @@ def batch_norm_backward_frozen(dy, x, mean, rstd, weight=None, axis=1):
     ``mean`` and ``rstd`` are constants, so ``dx = dy * weight * rstd``;
     ``dweight = sum(dy * xhat)`` and ``dbias = sum(dy)`` as in training.
     """
-    dyc, axis = _channel_view(dy, axis)
-    xc, _ = _channel_view(x, axis)
-    red = _reduced_axes(xc.ndim)
-    mean = np.asarray(mean, dtype=np.float64)
-    rstd = np.asarray(rstd, dtype=np.float64)
-    w, _ = _affine(weight, None, xc.shape[-1])
+    dyc = _per_channel(dy, axis)
+    xc = _per_channel(x, axis)
+    mean = np.asarray(mean, dtype=np.float64)[:, None]
+    rstd = np.asarray(rstd, dtype=np.float64)[:, None]
+    w, _ = _affine(weight, None, xc.shape[0])
     xhat = (xc - mean) * rstd
-    dx = dyc * w * rstd
-    return np.moveaxis(dx, -1, axis), (dyc * xhat).sum(axis=red), dyc.sum(axis=red)
+    return _like(dyc * w * rstd, x, axis), (dyc * xhat).sum(axis=1), dyc.sum(axis=1)

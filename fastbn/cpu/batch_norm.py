@@ -112,8 +112,8 @@ def _chunk_moments(x3, c, v0, v1):
         a = v // B
         b0 = v - a * B
         b1 = min(B, b0 + (v1 - v))
-        row = x3[a, c]
-        for i in range(b0, b1):
+        row = x3[a, c, b0:b1]  # slices + range(len): indices provably >= 0, loops vectorize
+        for i in range(row.size):
             d = np.float64(row[i]) - shift
             s1 += d
             s2 += d * d
@@ -132,9 +132,9 @@ def _chunk_grad_sums(x3, dy3, c, v0, v1, mean):
         a = v // B
         b0 = v - a * B
         b1 = min(B, b0 + (v1 - v))
-        xr = x3[a, c]
-        dr = dy3[a, c]
-        for i in range(b0, b1):
+        xr = x3[a, c, b0:b1]
+        dr = dy3[a, c, b0:b1]
+        for i in range(xr.size):
             g = np.float64(dr[i])
             sdy += g
             sdxc += g * (np.float64(xr[i]) - mean)
@@ -155,9 +155,9 @@ def _chunk_apply(x3, y3, coef, c, v0, v1):
         a = v // B
         b0 = v - a * B
         b1 = min(B, b0 + (v1 - v))
-        xr = x3[a, c]
-        yr = y3[a, c]
-        for i in range(b0, b1):
+        xr = x3[a, c, b0:b1]
+        yr = y3[a, c, b0:b1]
+        for i in range(xr.size):
             yr[i] = ((xr[i] - hi) - lo) * scale + bias
         v += b1 - b0
 
@@ -176,14 +176,14 @@ def _chunk_grad_apply(x3, dy3, dx3, coef, c, v0, v1, training):
         a = v // B
         b0 = v - a * B
         b1 = min(B, b0 + (v1 - v))
-        xr = x3[a, c]
-        dr = dy3[a, c]
-        gr = dx3[a, c]
+        xr = x3[a, c, b0:b1]
+        dr = dy3[a, c, b0:b1]
+        gr = dx3[a, c, b0:b1]
         if training:
-            for i in range(b0, b1):
+            for i in range(xr.size):
                 gr[i] = dr[i] * k0 + ((xr[i] - hi) - lo) * k1 + k2
         else:
-            for i in range(b0, b1):
+            for i in range(xr.size):
                 gr[i] = dr[i] * k0
         v += b1 - b0
 
@@ -358,39 +358,50 @@ def cols_moments(x2, rows, width, pmean, pm2):
         k1 = min(k0 + width, K)
         r0 = rb * rows
         r1 = min(r0 + rows, A)
-        s1 = pmean[rb]
-        s2 = pm2[rb]
-        shift = x2[r0]
-        for k in range(k0, k1):
-            s1[k] = 0.0
-            s2[k] = 0.0
+        s1 = pmean[rb, k0:k1]
+        s2 = pm2[rb, k0:k1]
+        shift = x2[r0, k0:k1]
+        s1[:] = 0.0
+        s2[:] = 0.0
         for r in range(r0 + 1, r1):
-            xr = x2[r]
-            for k in range(k0, k1):
+            xr = x2[r, k0:k1]
+            for k in range(xr.size):
                 d = np.float64(xr[k]) - np.float64(shift[k])
                 s1[k] += d
                 s2[k] += d * d
-        for k in range(k0, k1):
+        for k in range(s1.size):
             s1[k], s2[k] = shifted_moments(r1 - r0, np.float64(shift[k]), s1[k], s2[k])
 
 
 @driver
 def cols_merge(pmean, pm2, A, rows, width):
-    """Merge row blocks into row 0 of ``pmean``/``pm2``, in row-block order."""
+    """Merge row blocks into row 0 of ``pmean``/``pm2`` along a fixed pairwise tree.
+
+    Level ``s`` merges block ``rb + s`` into ``rb`` for every ``rb`` divisible by
+    ``2 s``: rounding grows with log(blocks), not with their number, and the
+    order never depends on the thread count.
+    """
     nrb, K = pmean.shape
     ncb = (K + width - 1) // width
     for cb in prange(ncb):
         k0 = cb * width
         k1 = min(k0 + width, K)
-        for rb in range(1, nrb):
-            na = rb * rows
-            nb = min(na + rows, A) - na
-            fb = np.float64(nb) / np.float64(na + nb)
-            fab = np.float64(na) * fb
-            for k in range(k0, k1):
-                delta = pmean[rb, k] - pmean[0, k]
-                pmean[0, k] += delta * fb
-                pm2[0, k] += pm2[rb, k] + delta * delta * fab
+        s = 1
+        while s < nrb:
+            for rb in range(0, nrb - s, 2 * s):
+                na = min(rb * rows + s * rows, A) - rb * rows
+                nb = min((rb + s) * rows + s * rows, A) - (rb + s) * rows
+                fb = np.float64(nb) / np.float64(na + nb)
+                fab = np.float64(na) * fb
+                ma = pmean[rb, k0:k1]
+                mb = pmean[rb + s, k0:k1]
+                qa = pm2[rb, k0:k1]
+                qb = pm2[rb + s, k0:k1]
+                for k in range(ma.size):
+                    delta = mb[k] - ma[k]
+                    ma[k] += delta * fb
+                    qa[k] += qb[k] + delta * delta * fab
+            s *= 2
 
 
 @worker
@@ -417,14 +428,14 @@ def cols_apply(x2, coef, rows, width, y2):
         rb = t // ncb
         k0 = (t - rb * ncb) * width
         k1 = min(k0 + width, K)
-        hi = coef[0]
-        lo = coef[1]
-        scale = coef[2]
-        bias = coef[3]
+        hi = coef[0, k0:k1]
+        lo = coef[1, k0:k1]
+        scale = coef[2, k0:k1]
+        bias = coef[3, k0:k1]
         for r in range(rb * rows, min(rb * rows + rows, A)):
-            xr = x2[r]
-            yr = y2[r]
-            for k in range(k0, k1):
+            xr = x2[r, k0:k1]
+            yr = y2[r, k0:k1]
+            for k in range(xr.size):
                 yr[k] = ((xr[k] - hi[k]) - lo[k]) * scale[k] + bias[k]
 
 
@@ -438,18 +449,18 @@ def cols_grad_sums(x2, dy2, colmean, rows, width, psdy, psdxc):
         rb = t // ncb
         k0 = (t - rb * ncb) * width
         k1 = min(k0 + width, K)
-        s1 = psdy[rb]
-        s2 = psdxc[rb]
-        for k in range(k0, k1):
-            s1[k] = 0.0
-            s2[k] = 0.0
+        s1 = psdy[rb, k0:k1]
+        s2 = psdxc[rb, k0:k1]
+        mu = colmean[k0:k1]
+        s1[:] = 0.0
+        s2[:] = 0.0
         for r in range(rb * rows, min(rb * rows + rows, A)):
-            xr = x2[r]
-            dr = dy2[r]
-            for k in range(k0, k1):
+            xr = x2[r, k0:k1]
+            dr = dy2[r, k0:k1]
+            for k in range(xr.size):
                 g = np.float64(dr[k])
                 s1[k] += g
-                s2[k] += g * (np.float64(xr[k]) - colmean[k])
+                s2[k] += g * (np.float64(xr[k]) - mu[k])
 
 
 @worker
@@ -478,20 +489,20 @@ def cols_grad_apply(x2, dy2, coef, rows, width, training, dx2):
         rb = t // ncb
         k0 = (t - rb * ncb) * width
         k1 = min(k0 + width, K)
-        hi = coef[0]
-        lo = coef[1]
-        c0 = coef[2]
-        c1 = coef[3]
-        c2 = coef[4]
+        hi = coef[0, k0:k1]
+        lo = coef[1, k0:k1]
+        c0 = coef[2, k0:k1]
+        c1 = coef[3, k0:k1]
+        c2 = coef[4, k0:k1]
         for r in range(rb * rows, min(rb * rows + rows, A)):
-            xr = x2[r]
-            dr = dy2[r]
-            gr = dx2[r]
+            xr = x2[r, k0:k1]
+            dr = dy2[r, k0:k1]
+            gr = dx2[r, k0:k1]
             if training:
-                for k in range(k0, k1):
+                for k in range(xr.size):
                     gr[k] = dr[k] * c0[k] + ((xr[k] - hi[k]) - lo[k]) * c1[k] + c2[k]
             else:
-                for k in range(k0, k1):
+                for k in range(xr.size):
                     gr[k] = dr[k] * c0[k]
 
 
