@@ -308,7 +308,7 @@ def test_identical_for_any_thread_count(rng, shape, axis):
     finally:
         numba.set_num_threads(before)
     for other in results[1:]:
-        for a, b in zip(results[0], other):
+        for a, b in zip(results[0], other, strict=True):
             assert np.array_equal(a, b)
 
 

@@ -1,0 +1,124 @@
+"""`fastbn check`: every implemented op on built-in inputs, against the reference.
+
+Prints one row per case: the largest absolute difference from
+:mod:`fastbn.reference` (float64), whether it is within the dtype's
+tolerance, and median times of fastbn and of the NumPy reference measured
+interleaved in the same loop.  Exits non-zero if any case is out of tolerance.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+
+from . import functional as F
+from . import reference as R
+
+#: Largest acceptable |fastbn - reference| for outputs of order 1.
+TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
+
+
+@dataclass
+class Case:
+    op: str
+    layout: str
+    dtype: np.dtype
+    shape: tuple
+    run: Callable[[], tuple]        # fastbn: returns the arrays to compare
+    oracle: Callable[[], tuple]     # reference: same arrays, float64
+
+
+def _max_error(got, want) -> float:
+    err = 0.0
+    for g, w in zip(got, want, strict=True):
+        w = np.asarray(w, dtype=np.float64)
+        # sums (dweight, dbias) are compared relative to their size
+        scale = max(1.0, float(np.abs(w).max(initial=0.0))) if w.ndim == 1 else 1.0
+        err = max(err, float(np.abs(np.asarray(g, dtype=np.float64) - w).max(initial=0.0))
+                  / scale)
+    return err
+
+
+def _median_times(fns, repeats: int) -> list[float]:
+    """Median seconds of each function, calls interleaved so drift hits all alike."""
+    for fn in fns:
+        fn()  # warm-up: compile, page in
+    samples = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, s in zip(fns, samples, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            s.append(time.perf_counter() - t0)
+    return [float(np.median(s)) for s in samples]
+
+
+def _batch_norm_cases(layout, shape, axis, dtype, rng) -> list[Case]:
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    c = shape[axis]
+    w = rng.normal(1, 0.2, c).astype(dtype)
+    b = rng.normal(0, 0.2, c).astype(dtype)
+    rm = rng.normal(0, 1, c).astype(dtype)
+    rv = rng.uniform(0.5, 2, c).astype(dtype)
+    _, mean, rstd = F.batch_norm(x, w, b, axis=axis)
+    grad = (dy, x, mean, rstd, w)
+
+    def first(fn, *args, **kw):
+        return fn(*args, **kw)[:1]
+
+    def single(fn, *args, **kw):
+        return (fn(*args, **kw),)
+
+    return [
+        Case("batch_norm train", layout, dtype, shape,
+             partial(F.batch_norm, x, w, b, axis=axis),
+             partial(R.batch_norm_train, x, w, b, axis=axis)),
+        Case("batch_norm inference", layout, dtype, shape,
+             partial(first, F.batch_norm, x, w, b, rm, rv, training=False, axis=axis),
+             partial(single, R.batch_norm_inference, x, rm, rv, w, b, axis=axis)),
+        Case("batch_norm backward", layout, dtype, shape,
+             partial(F.batch_norm_backward, *grad, axis=axis),
+             partial(R.batch_norm_backward_train, *grad, axis=axis)),
+        Case("batch_norm backward frozen", layout, dtype, shape,
+             partial(F.batch_norm_backward, *grad, training=False, axis=axis),
+             partial(R.batch_norm_backward_frozen, *grad, axis=axis)),
+    ]
+
+
+def cases(quick: bool = False) -> list[Case]:
+    """Every op and pass, float32 and float64, in NCHW, NHWC and 2-D layouts."""
+    rng = np.random.default_rng(0)
+    n, c, hw = (8, 16, 14) if quick else (16, 32, 28)
+    layouts = (("NCHW", (n, c, hw, hw), 1), ("NHWC", (n, hw, hw, c), -1),
+               ("NC", (64 * n, 4 * c), 1))
+    out = []
+    for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
+        for layout, shape, axis in layouts:
+            out += _batch_norm_cases(layout, shape, axis, dtype, rng)
+    return out
+
+
+def run(quick: bool = False, repeats: int = 7, stream=None) -> bool:
+    """Run every case, print the table, return True when all are within tolerance."""
+    import sys
+
+    stream = stream or sys.stdout
+    header = (f"{'op':<28} {'layout':<6} {'dtype':<8} {'shape':<18} {'max error':>10} "
+              f"{'ok':>3} {'fastbn ms':>10} {'numpy ms':>10} {'speedup':>8}")
+    print(header, file=stream)
+    print("-" * len(header), file=stream)
+    all_ok = True
+    for case in cases(quick):
+        err = _max_error(case.run(), case.oracle())
+        ok = err <= TOLERANCE[case.dtype]
+        all_ok &= ok
+        t_fast, t_ref = _median_times([case.run, case.oracle], repeats)
+        print(f"{case.op:<28} {case.layout:<6} {case.dtype.name:<8} {str(case.shape):<18} "
+              f"{err:>10.2e} {'yes' if ok else 'NO':>3} {t_fast * 1e3:>10.3f} "
+              f"{t_ref * 1e3:>10.3f} {t_ref / t_fast:>7.1f}x", file=stream)
+    print("all within tolerance" if all_ok else "SOME CASES OUT OF TOLERANCE", file=stream)
+    return all_ok
