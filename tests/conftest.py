@@ -1,27 +1,9 @@
-"""Shared tolerances, data makers and kernel-configuration fixtures."""
+"""Fixtures: a seeded generator and the kernel configurations every path runs under."""
 
 import numpy as np
 import pytest
 
 from fastbn import config
-
-#: One tolerance table for every kernel test: result vs float64 reference.
-TOL = {
-    np.dtype(np.float16): dict(rtol=1e-2, atol=2e-2),
-    np.dtype(np.float32): dict(rtol=1e-4, atol=2e-5),
-    np.dtype(np.float64): dict(rtol=1e-10, atol=1e-11),
-}
-
-
-def assert_close(actual, expected, dtype, scale=1.0):
-    """Compare with the dtype's tolerance; ``scale`` widens atol for sums of many terms."""
-    tol = TOL[np.dtype(dtype)]
-    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected,
-                               rtol=tol["rtol"], atol=tol["atol"] * scale)
-
-
-def make(rng, shape, dtype, loc=0.0, scale=1.0):
-    return rng.normal(loc, scale, shape).astype(dtype)
 
 
 @pytest.fixture

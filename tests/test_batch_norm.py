@@ -5,7 +5,7 @@ import threading
 import numba
 import numpy as np
 import pytest
-from conftest import assert_close, make
+from _helpers import assert_close, make
 
 import fastbn
 from fastbn import reference

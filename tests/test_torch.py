@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import assert_close, make
+from _helpers import assert_close, make
 
 import fastbn
 
