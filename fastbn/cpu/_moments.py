@@ -57,3 +57,40 @@ def chan_merge(na, mean_a, m2_a, nb, mean_b, m2_b):
 def rstd_from_m2(m2, n, eps):
     """``1 / sqrt(m2 / n + eps)``: reciprocal std from the biased variance."""
     return 1.0 / np.sqrt(m2 / np.float64(n) + eps)
+
+
+# Coefficients of the elementwise passes, stored in x's dtype.  The mean is
+# split into ``hi`` (rounded to x's dtype) and ``lo`` (the rest), so the
+# output pass computes ``(x - hi) - lo`` in x's dtype and stays accurate
+# for data with a large offset.
+
+
+@exact
+def set_forward_coef(coef, i, mean, rstd, w, b):
+    """Column ``i`` of ``coef`` (rows: mean_hi, mean_lo, scale, bias), in x's dtype."""
+    coef[0, i] = mean
+    coef[1, i] = mean - np.float64(coef[0, i])
+    coef[2, i] = w * rstd
+    coef[3, i] = b
+
+
+@exact
+def grad_coef(mean, rstd, w, sdy, sdxc, m, training):
+    """(k0, k1, k2) of ``dx = dy * k0 + (x - mean) * k1 + k2``."""
+    k0 = w * rstd
+    if not training:
+        return k0, 0.0, 0.0
+    fm = np.float64(m)
+    k1 = -k0 * rstd * rstd * (sdxc / fm)
+    k2 = -k0 * (sdy / fm)
+    return k0, k1, k2
+
+
+@exact
+def set_backward_coef(coef, i, mean, k0, k1, k2):
+    """Column ``i`` of ``coef`` (rows: mean_hi, mean_lo, k0, k1, k2), in x's dtype."""
+    coef[0, i] = mean
+    coef[1, i] = mean - np.float64(coef[0, i])
+    coef[2, i] = k0
+    coef[3, i] = k1
+    coef[4, i] = k2

@@ -1,0 +1,269 @@
+r"""Row kernels: channels whose values are contiguous runs of a 3-D view.
+
+``x3`` has shape ``(A, C, B)``: channel ``c`` holds the ``A`` runs
+``x3[a, c, :]`` of ``B`` contiguous values (NCHW batch norm: ``(N, C, H*W)``;
+group norm: ``(1, N*G, C/G*H*W)`` for statistics and ``(1, N*C, H*W)`` for the
+elementwise passes; layer norm: ``(1, rows, D)``).  A channel's ``m = A*B``
+values, taken in (a, b) order, are cut into fixed chunks of ``chunk``
+elements; per-chunk results are merged per channel in chunk order.
+
+Coefficient arrays are indexed by channel: ``coef[:, c]`` holds
+(mean_hi, mean_lo, scale, bias) for the forward and (mean_hi, mean_lo, k0,
+k1, k2) for the backward, in x's dtype (:mod:`._moments`).
+
+See Also
+--------
+fastbn.cpu._columns : the same passes for channels-last data.
+"""
+
+import numpy as np
+from numba import prange
+
+from ._jit import driver, worker
+from ._moments import (
+    chan_merge,
+    grad_coef,
+    rstd_from_m2,
+    set_backward_coef,
+    set_forward_coef,
+    shifted_moments,
+)
+
+
+@worker
+def chunk_moments(x3, c, v0, v1):
+    """(mean, m2) of channel ``c``'s values ``v0:v1`` in (sample, inner) order."""
+    B = x3.shape[2]
+    a = v0 // B
+    shift = np.float64(x3[a, c, v0 - a * B])
+    s1 = 0.0
+    s2 = 0.0
+    v = v0
+    while v < v1:
+        a = v // B
+        b0 = v - a * B
+        b1 = min(B, b0 + (v1 - v))
+        row = x3[a, c, b0:b1]  # slices + range(len): indices provably >= 0, loops vectorize
+        for i in range(row.size):
+            d = np.float64(row[i]) - shift
+            s1 += d
+            s2 += d * d
+        v += b1 - b0
+    return shifted_moments(v1 - v0, shift, s1, s2)
+
+
+@worker
+def chunk_grad_sums(x3, dy3, c, v0, v1, mean):
+    """(sum(dy), sum(dy * (x - mean))) over channel ``c``'s values ``v0:v1``."""
+    B = x3.shape[2]
+    sdy = 0.0
+    sdxc = 0.0
+    v = v0
+    while v < v1:
+        a = v // B
+        b0 = v - a * B
+        b1 = min(B, b0 + (v1 - v))
+        xr = x3[a, c, b0:b1]
+        dr = dy3[a, c, b0:b1]
+        for i in range(xr.size):
+            g = np.float64(dr[i])
+            sdy += g
+            sdxc += g * (np.float64(xr[i]) - mean)
+        v += b1 - b0
+    return sdy, sdxc
+
+
+@worker
+def chunk_apply(x3, y3, coef, c, v0, v1):
+    """``y = ((x - mean_hi) - mean_lo) * scale + bias`` over channel ``c``'s ``v0:v1``."""
+    B = x3.shape[2]
+    hi = coef[0, c]
+    lo = coef[1, c]
+    scale = coef[2, c]
+    bias = coef[3, c]
+    v = v0
+    while v < v1:
+        a = v // B
+        b0 = v - a * B
+        b1 = min(B, b0 + (v1 - v))
+        xr = x3[a, c, b0:b1]
+        yr = y3[a, c, b0:b1]
+        for i in range(xr.size):
+            yr[i] = ((xr[i] - hi) - lo) * scale + bias
+        v += b1 - b0
+
+
+@worker
+def chunk_grad_apply(x3, dy3, dx3, coef, c, v0, v1, training):
+    """``dx = dy * k0 + ((x - mean_hi) - mean_lo) * k1 + k2`` (``dy * k0`` if frozen)."""
+    B = x3.shape[2]
+    hi = coef[0, c]
+    lo = coef[1, c]
+    k0 = coef[2, c]
+    k1 = coef[3, c]
+    k2 = coef[4, c]
+    v = v0
+    while v < v1:
+        a = v // B
+        b0 = v - a * B
+        b1 = min(B, b0 + (v1 - v))
+        xr = x3[a, c, b0:b1]
+        dr = dy3[a, c, b0:b1]
+        gr = dx3[a, c, b0:b1]
+        if training:
+            for i in range(xr.size):
+                gr[i] = dr[i] * k0 + ((xr[i] - hi) - lo) * k1 + k2
+        else:
+            for i in range(xr.size):
+                gr[i] = dr[i] * k0
+        v += b1 - b0
+
+
+@worker
+def channel_moments(x3, c, chunk):
+    """(mean, m2) of channel ``c``: chunk moments merged in chunk order."""
+    total = x3.shape[0] * x3.shape[2]
+    n = 0
+    mean = 0.0
+    m2 = 0.0
+    for v0 in range(0, total, chunk):
+        v1 = min(v0 + chunk, total)
+        mb, m2b = chunk_moments(x3, c, v0, v1)
+        n, mean, m2 = chan_merge(n, mean, m2, v1 - v0, mb, m2b)
+    return mean, m2
+
+
+@worker
+def channel_grad_sums(x3, dy3, c, chunk, mean):
+    """(sum(dy), sum(dy * (x - mean))) of channel ``c``, chunk sums added in order."""
+    total = x3.shape[0] * x3.shape[2]
+    sdy = 0.0
+    sdxc = 0.0
+    for v0 in range(0, total, chunk):
+        a, b = chunk_grad_sums(x3, dy3, c, v0, min(v0 + chunk, total), mean)
+        sdy += a
+        sdxc += b
+    return sdy, sdxc
+
+
+@driver
+def rows_forward_fused(
+    x3,       # (A, C, B) input
+    weight,   # (C,) float64
+    bias,     # (C,) float64
+    eps,      # float
+    chunk,    # elements per statistics chunk
+    coef,     # (4, C) x.dtype scratch: mean_hi, mean_lo, scale, bias
+    y3,       # (A, C, B) output
+    mean,     # (C,) float64 out
+    m2,       # (C,) float64 out: sum of squared deviations
+    rstd,     # (C,) float64 out
+):
+    """Training forward, one channel per task: statistics, then y from cache."""
+    C = x3.shape[1]
+    total = x3.shape[0] * x3.shape[2]
+    for c in prange(C):
+        mu, s = channel_moments(x3, c, chunk)
+        r = rstd_from_m2(s, total, eps)
+        mean[c] = mu
+        m2[c] = s
+        rstd[c] = r
+        set_forward_coef(coef, c, mu, r, weight[c], bias[c])
+        chunk_apply(x3, y3, coef, c, 0, total)
+
+
+@driver
+def rows_moments(x3, chunk, pmean, pm2):
+    """Per-chunk (mean, m2) into ``pmean``/``pm2`` of shape (C, chunks per channel)."""
+    C = x3.shape[1]
+    total = x3.shape[0] * x3.shape[2]
+    nch = pmean.shape[1]
+    for t in prange(C * nch):
+        c = t // nch
+        v0 = (t - c * nch) * chunk
+        pmean[c, t - c * nch], pm2[c, t - c * nch] = chunk_moments(
+            x3, c, v0, min(v0 + chunk, total))
+
+
+@worker
+def rows_merge(pmean, pm2, total, chunk, mean, m2):
+    """Merge per-chunk moments per channel in chunk order (same order as fused)."""
+    C, nch = pmean.shape
+    for c in range(C):
+        n = 0
+        mu = 0.0
+        s = 0.0
+        for j in range(nch):
+            v0 = j * chunk
+            n, mu, s = chan_merge(n, mu, s, min(v0 + chunk, total) - v0, pmean[c, j], pm2[c, j])
+        mean[c] = mu
+        m2[c] = s
+
+
+@driver
+def rows_apply(x3, coef, chunk, y3):
+    """Elementwise ``y = ((x - mean_hi) - mean_lo) * scale + bias`` over fixed chunks."""
+    C = x3.shape[1]
+    total = x3.shape[0] * x3.shape[2]
+    nch = (total + chunk - 1) // chunk
+    for t in prange(C * nch):
+        c = t // nch
+        v0 = (t - c * nch) * chunk
+        chunk_apply(x3, y3, coef, c, v0, min(v0 + chunk, total))
+
+
+@driver
+def rows_backward_fused(
+    x3,        # (A, C, B) forward input
+    dy3,       # (A, C, B) upstream gradient
+    mean,      # (C,) float64 saved mean
+    rstd,      # (C,) float64 saved 1/sqrt(var + eps)
+    weight,    # (C,) float64
+    training,  # bool: gradient through the batch statistics
+    chunk,     # elements per chunk
+    coef,      # (5, C) x.dtype scratch: mean_hi, mean_lo, k0, k1, k2
+    dx3,       # (A, C, B) output
+    dweight,   # (C,) float64 out
+    dbias,     # (C,) float64 out
+):
+    """Backward, one channel per task: both sums, then dx with x and dy from cache."""
+    C = x3.shape[1]
+    total = x3.shape[0] * x3.shape[2]
+    for c in prange(C):
+        sdy, sdxc = channel_grad_sums(x3, dy3, c, chunk, mean[c])
+        dbias[c] = sdy
+        dweight[c] = sdxc * rstd[c]
+        k0, k1, k2 = grad_coef(mean[c], rstd[c], weight[c], sdy, sdxc, total, training)
+        set_backward_coef(coef, c, mean[c], k0, k1, k2)
+        chunk_grad_apply(x3, dy3, dx3, coef, c, 0, total, training)
+
+
+@driver
+def rows_grad_sums(x3, dy3, mean, chunk, psdy, psdxc):
+    """Per-chunk gradient sums into ``psdy``/``psdxc`` of shape (chunks per channel, C).
+
+    The (chunk, channel) layout is that of the column kernels' partials, so
+    :func:`fastbn.cpu._columns.cols_grad_fold` (with ``B = 1``) adds them in the same order as
+    :func:`rows_backward_fused` does.
+    """
+    C = x3.shape[1]
+    total = x3.shape[0] * x3.shape[2]
+    nch = psdy.shape[0]
+    for t in prange(C * nch):
+        c = t // nch
+        j = t - c * nch
+        v0 = j * chunk
+        psdy[j, c], psdxc[j, c] = chunk_grad_sums(
+            x3, dy3, c, v0, min(v0 + chunk, total), mean[c])
+
+
+@driver
+def rows_grad_apply(x3, dy3, coef, chunk, training, dx3):
+    """Elementwise dx over fixed chunks, coefficients from ``coef`` (5, C)."""
+    C = x3.shape[1]
+    total = x3.shape[0] * x3.shape[2]
+    nch = (total + chunk - 1) // chunk
+    for t in prange(C * nch):
+        c = t // nch
+        v0 = (t - c * nch) * chunk
+        chunk_grad_apply(x3, dy3, dx3, coef, c, v0, min(v0 + chunk, total), training)
