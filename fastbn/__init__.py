@@ -1,6 +1,7 @@
 """fastbn: fast normalization kernels for NumPy code.
 
-Batch normalization on the CPU with Numba; plain NumPy arrays in and out.
+Batch, layer, RMS, group and instance normalization on the CPU with Numba;
+plain NumPy arrays in and out.
 ``fastbn.reference`` holds the NumPy oracles every kernel is tested against.
 Importing fastbn never imports CUDA.
 """
@@ -9,9 +10,17 @@ from . import config, reference
 from .functional import (
     batch_norm,
     batch_norm_backward,
+    group_norm,
+    group_norm_backward,
+    instance_norm,
+    instance_norm_backward,
+    layer_norm,
+    layer_norm_backward,
     merge_moments,
     moments,
     moments_to_stats,
+    rms_norm,
+    rms_norm_backward,
 )
 
 __version__ = "0.1.0"
@@ -22,6 +31,14 @@ __all__ = [
     "moments",
     "merge_moments",
     "moments_to_stats",
+    "layer_norm",
+    "layer_norm_backward",
+    "rms_norm",
+    "rms_norm_backward",
+    "group_norm",
+    "group_norm_backward",
+    "instance_norm",
+    "instance_norm_backward",
     "config",
     "reference",
 ]

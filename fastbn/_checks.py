@@ -151,3 +151,90 @@ def deliver(buf: np.ndarray, out, shape, dtype):
             np.copyto(out, buf.reshape(shape), casting="unsafe")
         return out
     return buf.reshape(shape).astype(dtype, copy=False)
+
+
+def normalized_shape(shape, x_shape) -> tuple:
+    """``normalized_shape`` as a tuple matching the trailing dims of ``x``."""
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        shape = (int(shape),)
+    try:
+        shape = tuple(int(d) for d in shape)
+    except TypeError:
+        raise TypeError(f"normalized_shape must be an int or a tuple of ints; got {shape!r}") \
+            from None
+    if not shape:
+        raise ValueError("normalized_shape must name at least one trailing dimension; got ()")
+    k = len(shape)
+    if len(x_shape) < k or tuple(x_shape[len(x_shape) - k:]) != shape:
+        raise ValueError(
+            f"normalized_shape {shape} must match the trailing dimensions of x; "
+            f"got x of shape {tuple(x_shape)}")
+    return shape
+
+
+def elementwise_param(a, name: str, shape, x_shape, dtype, default: float):
+    """A layer/RMS norm parameter as a contiguous (D,) array in the compute dtype."""
+    if a is None:
+        return np.full(math.prod(shape), default, dtype=dtype)
+    a = float_array(a, name)
+    if a.shape != tuple(shape):
+        raise ValueError(
+            f"{name} must have normalized_shape {tuple(shape)} for x of shape {tuple(x_shape)}; "
+            f"got shape {a.shape}")
+    return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
+
+
+def stat_vector(a, name: str, shape, x_shape):
+    """Saved statistics (mean, rstd) of a given shape, as contiguous float64."""
+    a = float_array(a, name)
+    if a.shape != tuple(shape):
+        raise ValueError(
+            f"{name} must have shape {tuple(shape)} for x of shape {tuple(x_shape)}; "
+            f"got shape {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.float64).reshape(-1)
+
+
+def groups(num_groups, channels: int, x_shape) -> int:
+    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
+        raise TypeError(f"num_groups must be an integer; got {num_groups!r}")
+    if num_groups <= 0:
+        raise ValueError(f"num_groups must be positive; got {num_groups}")
+    if channels % num_groups:
+        raise ValueError(
+            f"num_groups {num_groups} must divide the {channels} channels of x of shape "
+            f"{tuple(x_shape)}")
+    return int(num_groups)
+
+
+def same_as_x(dy, x, name: str = "dy"):
+    dy = float_array(dy, name)
+    if dy.shape != x.shape:
+        raise ValueError(f"{name} must have x's shape {x.shape}; got shape {dy.shape}")
+    if dy.dtype != x.dtype:
+        raise TypeError(f"{name} must have x's dtype {x.dtype}; got {dy.dtype}")
+    return dy
+
+
+def as_rows(x: np.ndarray, d: int) -> np.ndarray:
+    """C-contiguous ``(1, R, D)`` view of ``x`` (a copy only when needed)."""
+    xc = np.ascontiguousarray(x, dtype=compute_dtype(x.dtype))
+    return xc.reshape(1, -1, d) if d else xc.reshape(1, 0, 0)
+
+
+def as_groups(x: np.ndarray, axis: int):
+    """C-contiguous ``(N, C, S)`` (``axis=1``) or ``(N, S, C)`` (``axis=-1``) view, and
+    whether it is channels-last (2-D input counts as channels-last, ``S = 1``)."""
+    n, c = x.shape[0], x.shape[axis]
+    last = axis == x.ndim - 1
+    xc = np.ascontiguousarray(x, dtype=compute_dtype(x.dtype))
+    return (xc.reshape(n, -1, c) if last else xc.reshape(n, c, -1)), last
+
+
+def group_axis(axis, x_shape) -> int:
+    """Group norm's channel axis: 1 (N, C, *spatial) or -1 (N, *spatial, C)."""
+    ax = channel_axis(axis, len(x_shape), x_shape)
+    if ax not in (1, len(x_shape) - 1):
+        raise ValueError(
+            f"axis must be 1 (N, C, *spatial) or -1 (N, *spatial, C) for group norm; got {axis} "
+            f"for x of shape {tuple(x_shape)}")
+    return ax

@@ -53,3 +53,11 @@ FUSED_CHANNEL_MAX_BYTES = 1 << 20
 #: core busy (a fixed number, not the thread count, so the path taken depends
 #: only on the shape).
 FUSED_MIN_CHANNELS = 8
+
+#: Layer/RMS norm rows of at most this many bytes are "short": one task takes
+#: whole rows, reads each once from memory and writes y (or dx) from L1.
+SHORT_ROW_MAX_BYTES = 1 << 16
+
+#: Short-row layer/RMS norm backward splits the rows into at most this many
+#: tasks, each with its own (D,) dweight/dbias partials summed in task order.
+ROW_BLOCK_TASKS = 64

@@ -13,10 +13,14 @@ Conventions shared by every function (see the README's "Conventions"):
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _checks
 from .cpu import batch_norm as _cpu_bn
+from .cpu import group_norm as _cpu_gn
+from .cpu import layer_norm as _cpu_ln
 
 __all__ = [
     "batch_norm",
@@ -24,6 +28,14 @@ __all__ = [
     "moments",
     "merge_moments",
     "moments_to_stats",
+    "layer_norm",
+    "layer_norm_backward",
+    "rms_norm",
+    "rms_norm_backward",
+    "group_norm",
+    "group_norm_backward",
+    "instance_norm",
+    "instance_norm_backward",
 ]
 
 
@@ -294,3 +306,297 @@ def moments_to_stats(count, mean, m2, eps: float = 1e-5):
     with np.errstate(divide="ignore", invalid="ignore"):
         unbiased = m2 / (count - 1) if count > 1 else np.full_like(m2, np.nan)
     return mean.copy(), 1.0 / np.sqrt(m2 / count + eps), unbiased
+
+
+# --- layer norm and RMS norm -----------------------------------------------------------
+
+
+def _rows_forward(x, normalized_shape, weight, bias, eps, out, center):
+    """Shared body of :func:`layer_norm` and :func:`rms_norm`."""
+    x = _checks.float_array(x, "x")
+    shape = _checks.normalized_shape(normalized_shape, x.shape)
+    cdtype = _checks.compute_dtype(x.dtype)
+    w = _checks.elementwise_param(weight, "weight", shape, x.shape, cdtype, 1.0)
+    b = _checks.elementwise_param(bias, "bias", shape, x.shape, cdtype, 0.0)
+    eps = _checks.positive_eps(eps)
+    out = _checks.output(out, x.shape, x.dtype)
+    lead = x.shape[:x.ndim - len(shape)]
+    sdtype = _checks.stats_dtype(x.dtype)
+    if x.size == 0:
+        nan = np.full(lead, np.nan, sdtype)
+        return _checks.deliver(np.empty(x.shape, x.dtype), out, x.shape, x.dtype), nan, nan
+    x3 = _checks.as_rows(x, math.prod(shape))
+    y3 = _checks.result_buffer(out, x3, x)
+    mean, rstd = _cpu_ln.forward(x3, w, b, eps, center, y3)
+    return (_checks.deliver(y3, out, x.shape, x.dtype), mean.reshape(lead).astype(sdtype),
+            rstd.reshape(lead).astype(sdtype))
+
+
+def _rows_backward(dy, x, normalized_shape, mean, rstd, weight, center):
+    """Shared body of :func:`layer_norm_backward` and :func:`rms_norm_backward`."""
+    x = _checks.float_array(x, "x")
+    dy = _checks.same_as_x(dy, x)
+    shape = _checks.normalized_shape(normalized_shape, x.shape)
+    lead = x.shape[:x.ndim - len(shape)]
+    rstd64 = _checks.stat_vector(rstd, "rstd", lead, x.shape)
+    mean64 = (_checks.stat_vector(mean, "mean", lead, x.shape) if center
+              else np.zeros(rstd64.shape))
+    w = _checks.elementwise_param(weight, "weight", shape, x.shape,
+                                  _checks.compute_dtype(x.dtype), 1.0)
+    sdtype = _checks.stats_dtype(x.dtype)
+    if x.size == 0:
+        return np.zeros(x.shape, x.dtype), np.zeros(shape, sdtype), np.zeros(shape, sdtype)
+    x3 = _checks.as_rows(x, math.prod(shape))
+    dy3 = _checks.as_rows(dy, math.prod(shape))
+    dx3 = np.empty_like(x3)
+    dweight, dbias = _cpu_ln.backward(dy3, x3, mean64, rstd64, w, center, dx3)
+    return (dx3.reshape(x.shape).astype(x.dtype, copy=False),
+            dweight.reshape(shape).astype(sdtype), dbias.reshape(shape).astype(sdtype))
+
+
+def layer_norm(
+    x: np.ndarray,
+    normalized_shape,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    *,
+    eps: float = 1e-5,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Layer normalization over the trailing ``normalized_shape`` dimensions.
+
+    Parameters
+    ----------
+    x : ndarray
+        Input, float16/32/64, whose trailing dims equal ``normalized_shape``.
+    normalized_shape : int or tuple of int
+        The trailing dims normalized together (``D`` values per row).
+    weight, bias : ndarray of shape ``normalized_shape``, optional
+        Elementwise scale and shift; ``None`` means 1 and 0.
+    eps : float > 0
+        Added to the variance.
+    out : ndarray, optional
+        Where to write y (x's shape and dtype).
+
+    Returns
+    -------
+    y : ndarray
+        x's shape and dtype.
+    mean, rstd : ndarray of shape ``x.shape[:-len(normalized_shape)]``
+        Per-row mean and ``1 / sqrt(var + eps)`` (biased variance); float64
+        for float64 x, float32 otherwise.
+
+    Notes
+    -----
+    .. math::
+
+        \mu = \frac{1}{D}\sum_d x_d,\quad
+        \sigma^2 = \frac{1}{D}\sum_d (x_d-\mu)^2,\quad
+        y_d = \frac{x_d-\mu}{\sqrt{\sigma^2+\epsilon}}\,w_d + b_d
+
+    Many short rows run one row per L1-resident step; few long rows are split
+    into chunks so every core works on them.
+    """
+    _no_gpu_yet(x, weight, bias, out)
+    return _rows_forward(x, normalized_shape, weight, bias, eps, out, True)
+
+
+def layer_norm_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    normalized_shape,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    weight: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Gradients of :func:`layer_norm`: ``(dx, dweight, dbias)``.
+
+    With ``xhat = (x - mean) * rstd`` and ``dy_hat = dy * weight`` per row:
+    ``dx = (dy_hat - (xhat * c1 + c2)) * rstd``, ``c1 = sum(dy_hat * xhat) / D``,
+    ``c2 = sum(dy_hat) / D``.  ``dweight = sum(dy * xhat)`` and ``dbias =
+    sum(dy)`` over the leading dims, shape ``normalized_shape`` (float64 for
+    float64 x, float32 otherwise).
+    """
+    _no_gpu_yet(dy, x, mean, rstd, weight)
+    return _rows_backward(dy, x, normalized_shape, mean, rstd, weight, True)
+
+
+def rms_norm(
+    x: np.ndarray,
+    normalized_shape,
+    weight: np.ndarray | None = None,
+    *,
+    eps: float = 1e-6,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""RMS normalization: ``y = x / sqrt(mean(x**2) + eps) * weight`` per row.
+
+    The mean of squares is accumulated in float64.  Returns ``(y, rstd)``,
+    ``rstd`` of shape ``x.shape[:-len(normalized_shape)]``.  See
+    :func:`layer_norm` for the parameters; RMS norm has no bias and no
+    centring.
+    """
+    _no_gpu_yet(x, weight, out)
+    y, _, rstd = _rows_forward(x, normalized_shape, weight, None, eps, out, False)
+    return y, rstd
+
+
+def rms_norm_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    normalized_shape,
+    rstd: np.ndarray,
+    weight: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""Gradients of :func:`rms_norm`: ``(dx, dweight)``.
+
+    With ``xhat = x * rstd``, ``dy_hat = dy * weight``:
+    ``dx = (dy_hat - xhat * sum(dy_hat * xhat) / D) * rstd``,
+    ``dweight = sum(dy * xhat)`` over the leading dims.
+    """
+    _no_gpu_yet(dy, x, rstd, weight)
+    dx, dweight, _ = _rows_backward(dy, x, normalized_shape, None, rstd, weight, False)
+    return dx, dweight
+
+
+# --- group norm and instance norm ------------------------------------------------------
+
+
+def group_norm(
+    x: np.ndarray,
+    num_groups: int,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    *,
+    eps: float = 1e-5,
+    axis: int = 1,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Group normalization: per sample, over groups of ``C / num_groups`` channels.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, *spatial) for ``axis=1`` or (N, *spatial, C) for ``axis=-1``
+        Input, float16/32/64, ndim >= 2.
+    num_groups : int
+        Number of groups ``G``; must divide ``C``.  Groups are consecutive
+        channels, as in PyTorch.
+    weight, bias : ndarray of shape (C,), optional
+        Per-channel scale and shift.
+    eps : float > 0
+    axis : {1, -1}
+        The channel axis.
+    out : ndarray, optional
+
+    Returns
+    -------
+    y : ndarray
+        x's shape and dtype.
+    mean, rstd : ndarray of shape (N, G)
+        Per-group statistics, ``rstd = 1 / sqrt(var + eps)`` (biased); float64
+        for float64 x, float32 otherwise.
+
+    Notes
+    -----
+    Group norm does not depend on the batch: the tutorial's answer to small
+    batches.  ``G = 1`` is layer norm over (C, *spatial) with per-channel
+    parameters; ``G = C`` is instance norm.  A group must hold more than one
+    value.
+    """
+    _no_gpu_yet(x, weight, bias, out)
+    x = _checks.float_array(x, "x")
+    ax = _checks.group_axis(axis, x.shape)
+    c = x.shape[ax]
+    g = _checks.groups(num_groups, c, x.shape)
+    n = x.shape[0]
+    spatial = math.prod(x.shape) // (n * c) if n * c else math.prod(
+        d for i, d in enumerate(x.shape) if i not in (0, ax))
+    if c // g * spatial <= 1:
+        raise ValueError(
+            f"expected more than 1 value per group; got x of shape {x.shape} with "
+            f"{g} groups of {c // g} channels")
+    w = _checks.channel_vector(weight, "weight", c, x.shape, default=1.0)
+    b = _checks.channel_vector(bias, "bias", c, x.shape, default=0.0)
+    eps = _checks.positive_eps(eps)
+    out = _checks.output(out, x.shape, x.dtype)
+    sdtype = _checks.stats_dtype(x.dtype)
+    if x.size == 0:
+        empty = np.empty((n, g), sdtype)
+        return _checks.deliver(np.empty(x.shape, x.dtype), out, x.shape, x.dtype), empty, empty
+    x3, last = _checks.as_groups(x, ax)
+    y3 = _checks.result_buffer(out, x3, x)
+    mean, rstd = _cpu_gn.forward(x3, g, w, b, eps, last, y3)
+    return (_checks.deliver(y3, out, x.shape, x.dtype), mean.reshape(n, g).astype(sdtype),
+            rstd.reshape(n, g).astype(sdtype))
+
+
+def group_norm_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    num_groups: int,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    weight: np.ndarray | None = None,
+    *,
+    axis: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Gradients of :func:`group_norm`: ``(dx, dweight, dbias)``.
+
+    Per group of ``m`` values with ``xhat = (x - mean) * rstd`` and
+    ``dy_hat = dy * weight[c]``: ``dx = (dy_hat - (xhat * c1 + c2)) * rstd``,
+    ``c1 = sum(dy_hat * xhat) / m``, ``c2 = sum(dy_hat) / m``.  ``dweight`` and
+    ``dbias`` have shape (C,): ``sum(dy * xhat)`` and ``sum(dy)`` over every
+    axis but the channel axis.
+    """
+    _no_gpu_yet(dy, x, mean, rstd, weight)
+    x = _checks.float_array(x, "x")
+    dy = _checks.same_as_x(dy, x)
+    ax = _checks.group_axis(axis, x.shape)
+    c = x.shape[ax]
+    g = _checks.groups(num_groups, c, x.shape)
+    n = x.shape[0]
+    mean64 = _checks.stat_vector(mean, "mean", (n, g), x.shape)
+    rstd64 = _checks.stat_vector(rstd, "rstd", (n, g), x.shape)
+    w = _checks.channel_vector(weight, "weight", c, x.shape, default=1.0)
+    sdtype = _checks.stats_dtype(x.dtype)
+    if x.size == 0:
+        return np.zeros(x.shape, x.dtype), np.zeros(c, sdtype), np.zeros(c, sdtype)
+    x3, last = _checks.as_groups(x, ax)
+    dy3, _ = _checks.as_groups(dy, ax)
+    dx3 = np.empty_like(x3)
+    dweight, dbias = _cpu_gn.backward(dy3, x3, g, mean64, rstd64, w, last, dx3)
+    return (dx3.reshape(x.shape).astype(x.dtype, copy=False), dweight.astype(sdtype),
+            dbias.astype(sdtype))
+
+
+def instance_norm(
+    x: np.ndarray,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    *,
+    eps: float = 1e-5,
+    axis: int = 1,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Instance normalization: :func:`group_norm` with one group per channel.
+
+    Returns ``(y, mean, rstd)`` with statistics of shape (N, C).
+    """
+    x = x if _checks.is_cuda_array(x) else _checks.float_array(x, "x")
+    c = x.shape[_checks.group_axis(axis, x.shape)]
+    return group_norm(x, c, weight, bias, eps=eps, axis=axis, out=out)
+
+
+def instance_norm_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    weight: np.ndarray | None = None,
+    *,
+    axis: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of :func:`instance_norm`: :func:`group_norm_backward` with ``G = C``."""
+    x = x if _checks.is_cuda_array(x) else _checks.float_array(x, "x")
+    c = x.shape[_checks.group_axis(axis, x.shape)]
+    return group_norm_backward(dy, x, c, mean, rstd, weight, axis=axis)

@@ -16,6 +16,16 @@ and ``m`` values per channel (the product of every other dimension):
 
 Running statistics follow PyTorch: ``running = (1 - momentum) * running +
 momentum * batch`` with the *unbiased* batch variance ``m / (m - 1) * var``.
+
+Layer, RMS, group and instance norm normalize other sets of values with the
+same ``xhat``; their gradients share one form.  For a set of ``m`` values
+normalized together, with ``dy_hat = dy * weight``:
+
+.. code-block:: text
+
+    c1 = sum(dy_hat * xhat) / m
+    c2 = sum(dy_hat) / m              (0 for RMS norm, which does not centre)
+    dx = (dy_hat - (xhat * c1 + c2)) * rstd
 """
 
 import numpy as np
@@ -27,6 +37,14 @@ __all__ = [
     "batch_norm_backward_train",
     "batch_norm_backward_frozen",
     "moments",
+    "layer_norm",
+    "layer_norm_backward",
+    "rms_norm",
+    "rms_norm_backward",
+    "group_norm",
+    "group_norm_backward",
+    "instance_norm",
+    "instance_norm_backward",
 ]
 
 
@@ -141,3 +159,138 @@ def batch_norm_backward_frozen(dy, x, mean, rstd, weight=None, axis=1):
     w, _ = _affine(weight, None, xc.shape[0])
     xhat = (xc - mean) * rstd
     return _like(dyc * w * rstd, x, axis), (dyc * xhat).sum(axis=1), dyc.sum(axis=1)
+
+
+# --- layer norm and RMS norm: one row per leading index, D = prod(normalized_shape)
+
+
+def _rows_of(x, normalized_shape):
+    """``x`` as float64 (R, D) rows over the trailing ``normalized_shape`` dims."""
+    shape = (normalized_shape,) if np.isscalar(normalized_shape) else tuple(normalized_shape)
+    x = np.asarray(x, dtype=np.float64)
+    d = int(np.prod(shape))
+    return x.reshape(-1, d), x.shape[:x.ndim - len(shape)], shape
+
+
+def _elementwise(a, shape, default):
+    return (np.full(int(np.prod(shape)), default) if a is None
+            else np.asarray(a, dtype=np.float64).ravel())
+
+
+def _normalized_backward(dy_hat, xhat, rstd, center):
+    """The shared gradient formula, rows of ``m`` values each (see the module docstring)."""
+    m = xhat.shape[1]
+    c1 = (dy_hat * xhat).sum(axis=1, keepdims=True) / m
+    c2 = dy_hat.sum(axis=1, keepdims=True) / m if center else 0.0
+    return (dy_hat - (xhat * c1 + c2)) * rstd
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    r"""Layer norm over the trailing ``normalized_shape`` dims.
+
+    Per row: ``mean = sum(x) / D``, ``var = sum((x - mean)**2) / D`` (biased),
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with elementwise
+    ``weight``/``bias`` of shape ``normalized_shape``.  Returns ``(y, mean, rstd)``,
+    the statistics of shape ``x.shape[:-len(normalized_shape)]``.
+    """
+    xr, lead, shape = _rows_of(x, normalized_shape)
+    mean = xr.mean(axis=1, keepdims=True)
+    rstd = 1.0 / np.sqrt(((xr - mean) ** 2).mean(axis=1, keepdims=True) + eps)
+    y = (xr - mean) * rstd * _elementwise(weight, shape, 1.0) + _elementwise(bias, shape, 0.0)
+    return y.reshape(np.shape(x)), mean.reshape(lead), rstd.reshape(lead)
+
+
+def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None):
+    r"""Gradient of :func:`layer_norm`: ``(dx, dweight, dbias)``.
+
+    ``dweight = sum over rows of dy * xhat``, ``dbias = sum over rows of dy``
+    (shape ``normalized_shape``); ``dx`` by the shared formula with ``m = D``.
+    """
+    xr, _, shape = _rows_of(x, normalized_shape)
+    dyr = _rows_of(dy, normalized_shape)[0]
+    mean = np.asarray(mean, dtype=np.float64).reshape(-1, 1)
+    rstd = np.asarray(rstd, dtype=np.float64).reshape(-1, 1)
+    xhat = (xr - mean) * rstd
+    dx = _normalized_backward(dyr * _elementwise(weight, shape, 1.0), xhat, rstd, True)
+    return (dx.reshape(np.shape(x)), (dyr * xhat).sum(axis=0).reshape(shape),
+            dyr.sum(axis=0).reshape(shape))
+
+
+def rms_norm(x, normalized_shape, weight=None, eps=1e-6):
+    r"""RMS norm: ``y = x / sqrt(mean(x**2) + eps) * weight`` per row; returns ``(y, rstd)``."""
+    xr, lead, shape = _rows_of(x, normalized_shape)
+    rstd = 1.0 / np.sqrt((xr * xr).mean(axis=1, keepdims=True) + eps)
+    y = xr * rstd * _elementwise(weight, shape, 1.0)
+    return y.reshape(np.shape(x)), rstd.reshape(lead)
+
+
+def rms_norm_backward(dy, x, normalized_shape, rstd, weight=None):
+    r"""Gradient of :func:`rms_norm`: ``(dx, dweight)``, with ``xhat = x * rstd``, ``c2 = 0``."""
+    xr, _, shape = _rows_of(x, normalized_shape)
+    dyr = _rows_of(dy, normalized_shape)[0]
+    rstd = np.asarray(rstd, dtype=np.float64).reshape(-1, 1)
+    xhat = xr * rstd
+    dx = _normalized_backward(dyr * _elementwise(weight, shape, 1.0), xhat, rstd, False)
+    return dx.reshape(np.shape(x)), (dyr * xhat).sum(axis=0).reshape(shape)
+
+
+# --- group norm and instance norm: groups of consecutive channels per sample
+
+
+def _groups_of(x, num_groups, axis):
+    """``x`` as float64 (N, G, C/G * spatial) with the channel axis moved to 1."""
+    x = np.asarray(x, dtype=np.float64)
+    xc = np.moveaxis(x, axis, 1)
+    return np.ascontiguousarray(xc).reshape(x.shape[0], num_groups, -1), xc.shape
+
+
+def _per_channel_params(a, channels, default, spatial):
+    a = np.full(channels, default) if a is None else np.asarray(a, dtype=np.float64)
+    return a.reshape((1, channels) + (1,) * spatial)
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, axis=1):
+    r"""Group norm: statistics per sample over each group of ``C / G`` consecutive
+    channels and all spatial positions; per-channel ``weight``/``bias``.
+
+    Returns ``(y, mean, rstd)`` with statistics of shape ``(N, G)``.
+    """
+    xg, moved = _groups_of(x, num_groups, axis)
+    mean = xg.mean(axis=2, keepdims=True)
+    rstd = 1.0 / np.sqrt(((xg - mean) ** 2).mean(axis=2, keepdims=True) + eps)
+    xhat = ((xg - mean) * rstd).reshape(moved)
+    c, spatial = moved[1], len(moved) - 2
+    y = (xhat * _per_channel_params(weight, c, 1.0, spatial)
+         + _per_channel_params(bias, c, 0.0, spatial))
+    return np.moveaxis(y, 1, axis), mean[..., 0], rstd[..., 0]
+
+
+def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, axis=1):
+    r"""Gradient of :func:`group_norm`: ``(dx, dweight, dbias)``, dweight/dbias per channel.
+
+    ``dx`` by the shared formula with ``m = C / G * spatial`` values per group.
+    """
+    xg, moved = _groups_of(x, num_groups, axis)
+    dyg, _ = _groups_of(dy, num_groups, axis)
+    n, c, spatial = moved[0], moved[1], len(moved) - 2
+    mean = np.asarray(mean, dtype=np.float64).reshape(n, num_groups, 1)
+    rstd = np.asarray(rstd, dtype=np.float64).reshape(n, num_groups, 1)
+    xhat = (xg - mean) * rstd
+    w = _per_channel_params(weight, c, 1.0, spatial)
+    dy_hat = (dyg.reshape(moved) * w).reshape(n * num_groups, -1)
+    dx = _normalized_backward(dy_hat, xhat.reshape(n * num_groups, -1),
+                              rstd.reshape(-1, 1), True)
+    red = (0,) + tuple(range(2, 2 + spatial))
+    dweight = (dyg * xhat).reshape(moved).sum(axis=red)
+    dbias = dyg.reshape(moved).sum(axis=red)
+    return np.moveaxis(dx.reshape(moved), 1, axis), dweight, dbias
+
+
+def instance_norm(x, weight=None, bias=None, eps=1e-5, axis=1):
+    """Instance norm: :func:`group_norm` with one group per channel."""
+    return group_norm(x, np.shape(x)[axis], weight, bias, eps, axis)
+
+
+def instance_norm_backward(dy, x, mean, rstd, weight=None, axis=1):
+    """Gradient of :func:`instance_norm`."""
+    return group_norm_backward(dy, x, np.shape(x)[axis], mean, rstd, weight, axis)

@@ -12,9 +12,10 @@ along a fixed pairwise tree, so results never depend on the thread count.
 Every inner loop runs along a contiguous row; no ``prange`` over strided
 columns.
 
-Coefficient arrays have shape ``(N, R, K)``: per sample and column,
+Coefficient arrays have shape ``(R, N, K)``: per sample and column,
 (mean_hi, mean_lo, scale, bias) forward or (mean_hi, mean_lo, k0, k1, k2)
-backward, in x's dtype (:mod:`._moments`).
+backward, in x's dtype (:mod:`._moments`).  Seen as ``(R, N*K)`` this is the
+layout of the row kernels' coefficients, so one glue function fills both.
 
 See Also
 --------
@@ -112,7 +113,7 @@ def cols_fold(colmean, colm2, A, B, mean, m2):
 
 @driver
 def cols_apply(x3, coef, rows, width, y3):
-    """Elementwise ``y = ((x - mean_hi) - mean_lo) * scale + bias``, coef (N, 4, K)."""
+    """Elementwise ``y = ((x - mean_hi) - mean_lo) * scale + bias``, coef (4, N, K)."""
     N, A, K = x3.shape
     nrb = (A + rows - 1) // rows
     ncb = (K + width - 1) // width
@@ -121,10 +122,10 @@ def cols_apply(x3, coef, rows, width, y3):
         rb = (t // ncb) % nrb
         k0 = (t % ncb) * width
         k1 = min(k0 + width, K)
-        hi = coef[n, 0, k0:k1]
-        lo = coef[n, 1, k0:k1]
-        scale = coef[n, 2, k0:k1]
-        bias = coef[n, 3, k0:k1]
+        hi = coef[0, n, k0:k1]
+        lo = coef[1, n, k0:k1]
+        scale = coef[2, n, k0:k1]
+        bias = coef[3, n, k0:k1]
         for r in range(rb * rows, min(rb * rows + rows, A)):
             xr = x3[n, r, k0:k1]
             yr = y3[n, r, k0:k1]
@@ -183,7 +184,7 @@ def cols_grad_fold(psdy, psdxc, B, sdy, sdxc):
 
 @driver
 def cols_grad_apply(x3, dy3, coef, rows, width, training, dx3):
-    """Elementwise ``dx = dy * k0 + ((x - mean_hi) - mean_lo) * k1 + k2``, coef (N, 5, K).
+    """Elementwise ``dx = dy * k0 + ((x - mean_hi) - mean_lo) * k1 + k2``, coef (5, N, K).
 
     With ``training=False`` only ``dx = dy * k0`` (x is not read).
     """
@@ -195,11 +196,11 @@ def cols_grad_apply(x3, dy3, coef, rows, width, training, dx3):
         rb = (t // ncb) % nrb
         k0 = (t % ncb) * width
         k1 = min(k0 + width, K)
-        hi = coef[n, 0, k0:k1]
-        lo = coef[n, 1, k0:k1]
-        c0 = coef[n, 2, k0:k1]
-        c1 = coef[n, 3, k0:k1]
-        c2 = coef[n, 4, k0:k1]
+        hi = coef[0, n, k0:k1]
+        lo = coef[1, n, k0:k1]
+        c0 = coef[2, n, k0:k1]
+        c1 = coef[3, n, k0:k1]
+        c2 = coef[4, n, k0:k1]
         for r in range(rb * rows, min(rb * rows + rows, A)):
             xr = x3[n, r, k0:k1]
             dr = dy3[n, r, k0:k1]

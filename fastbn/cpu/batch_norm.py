@@ -188,8 +188,8 @@ def forward_apply(x3, mean, rstd, weight, bias, y3):
         rows_apply(x3.size, x3, coef, config.CHUNK_ELEMENTS, y3)
     else:
         xc, rows, width, _ = _columns(x3)
-        coef = np.empty((1, 4, c * b), x3.dtype)
-        forward_coef(mean, rstd, weight, bias, b, coef[0])
+        coef = np.empty((4, 1, c * b), x3.dtype)
+        forward_coef(mean, rstd, weight, bias, b, coef[:, 0])
         cols_apply(x3.size, xc, coef, rows, width, y3.reshape(xc.shape))
 
 
@@ -223,7 +223,7 @@ def backward(dy3, x3, mean, rstd, weight, training, dx3):
     cols_grad_sums(x3.size, xc, dyc, np.repeat(mean, b).reshape(1, k), rows, width, psdy, psdxc)
     sdy, sdxc = np.empty(c), np.empty(c)
     cols_grad_fold(psdy, psdxc, b, sdy.reshape(1, c), sdxc.reshape(1, c))
-    coef = np.empty((1, 5, k), x3.dtype)
-    backward_coef(mean, rstd, weight, sdy, sdxc, m, training, b, coef[0], dweight, dbias)
+    coef = np.empty((5, 1, k), x3.dtype)
+    backward_coef(mean, rstd, weight, sdy, sdxc, m, training, b, coef[:, 0], dweight, dbias)
     cols_grad_apply(x3.size, xc, dyc, coef, rows, width, training, dx3.reshape(xc.shape))
     return dweight, dbias

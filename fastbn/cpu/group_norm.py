@@ -1,0 +1,291 @@
+r"""Group norm (and instance norm, ``G = C``) on the CPU: Numba kernels.
+
+Groups are ``C / G`` consecutive channels of one sample, as in PyTorch.
+Per group of ``m = C/G * S`` values (``S`` the spatial size):
+
+.. code-block:: text
+
+    mean, m2 = moments(group)                   # shifted sums + Chan merge, float64
+    rstd = 1 / sqrt(m2 / m + eps)
+    y    = ((x - mean_hi) - mean_lo) * (weight[c] * rstd) + bias[c]
+
+and backward, with ``dy_hat = dy * weight[c]``, per group:
+
+.. code-block:: text
+
+    c1 = sum(dy_hat * xhat) / m = rstd * sum_c weight[c] * sdxc[n, c] / m
+    c2 = sum(dy_hat) / m        = sum_c weight[c] * sdy[n, c] / m
+    dx = (dy_hat - (xhat * c1 + c2)) * rstd
+       = dy * (weight[c] rstd) + (x - mean) * (-rstd**2 c1) + (-rstd c2)
+    dbias[c]   = sum_n sdy[n, c]                # sdy  = sum over S of dy
+    dweight[c] = sum_n sdxc[n, c] * rstd[n, g]  # sdxc = sum over S of dy * (x - mean)
+
+Both layouts get their own loop order; neither transposes:
+
+* channels first, ``(N, C, S)``: a group is one contiguous run, the row
+  kernels of :mod:`._rows` on the views ``(1, N*G, C/G*S)`` (statistics) and
+  ``(1, N*C, S)`` (per-channel passes).  When a group fits in L2, one task
+  owns it: statistics, then the output from cache.
+* channels last, ``(N, S, C)``: the column kernels of :mod:`._columns`, per
+  sample, blocks of rows by blocks of channels; a group's statistics fold its
+  ``C/G`` adjacent columns.  Small batches (N = 1, 2) still split into many
+  row blocks, so every core works.
+
+Coefficient arrays are ``(R, N*C)`` in x's dtype, index ``n*C + c``
+(``(R, N, C)`` for the column kernels).
+
+See Also
+--------
+fastbn.reference.group_norm, fastbn.reference.group_norm_backward
+"""
+
+import numpy as np
+from numba import prange
+
+from .. import config
+from ._columns import (
+    blocks,
+    cols_apply,
+    cols_fold,
+    cols_grad_apply,
+    cols_grad_fold,
+    cols_grad_sums,
+    cols_merge,
+    cols_moments,
+)
+from ._jit import driver, worker
+from ._moments import rstd_from_m2, set_backward_coef, set_forward_coef
+from ._rows import (
+    channel_grad_sums,
+    channel_moments,
+    chunk_apply,
+    chunk_grad_apply,
+    rows_apply,
+    rows_grad_apply,
+    rows_grad_sums,
+    rows_merge,
+    rows_moments,
+)
+
+
+@worker
+def _group_coef(c, g, cg, weight, sdy, sdxc, rstd, m):
+    """(c1, c2) of group ``g`` from its channels' sums (``c`` = first index of the sample)."""
+    a = 0.0
+    s = 0.0
+    for ci in range(g * cg, g * cg + cg):
+        a += weight[ci] * sdy[c + ci]
+        s += weight[ci] * sdxc[c + ci]
+    fm = np.float64(m)
+    return rstd * s / fm, a / fm
+
+
+# ---------------------------------------------------------------------------
+# channels first, one task per group
+
+
+@driver
+def first_forward_fused(
+    xg,      # (1, N*G, C/G*S) input, groups as rows
+    xc,      # (1, N*C, S) the same memory, channels as rows
+    weight,  # (C,) float64
+    bias,    # (C,) float64
+    eps,     # float
+    chunk,   # elements per statistics chunk
+    coef,    # (4, N*C) x.dtype scratch
+    yc,      # (1, N*C, S) output
+    mean,    # (N*G,) float64 out
+    rstd,    # (N*G,) float64 out
+):
+    """Forward, one group per task: statistics, then its channels' y from cache."""
+    NG = xg.shape[1]
+    C = weight.shape[0]
+    S = xc.shape[2]
+    cg = xg.shape[2] // S
+    G = C // cg
+    for ng in prange(NG):
+        mu, s = channel_moments(xg, ng, chunk)
+        r = rstd_from_m2(s, cg * S, eps)
+        mean[ng] = mu
+        rstd[ng] = r
+        n = ng // G
+        for ci in range((ng % G) * cg, (ng % G) * cg + cg):
+            set_forward_coef(coef, n * C + ci, mu, r, weight[ci], bias[ci])
+            chunk_apply(xc, yc, coef, n * C + ci, 0, S)
+
+
+@driver
+def first_backward_fused(
+    xc,      # (1, N*C, S) forward input
+    dyc,     # (1, N*C, S) upstream gradient
+    mean,    # (N*G,) float64 saved mean
+    rstd,    # (N*G,) float64 saved rstd
+    weight,  # (C,) float64
+    G,       # groups
+    chunk,   # elements per chunk
+    coef,    # (5, N*C) x.dtype scratch
+    dxc,     # (1, N*C, S) output
+    sdy,     # (N*C,) float64 out: sum over S of dy
+    sdxc,    # (N*C,) float64 out: sum over S of dy * (x - mean)
+):
+    """Backward, one group per task: its channels' sums, then their dx from cache."""
+    C = weight.shape[0]
+    S = xc.shape[2]
+    cg = C // G
+    for ng in prange(xc.shape[1] // cg):
+        n = ng // G
+        g = ng % G
+        mu = mean[ng]
+        r = rstd[ng]
+        for ci in range(g * cg, g * cg + cg):
+            sdy[n * C + ci], sdxc[n * C + ci] = channel_grad_sums(xc, dyc, n * C + ci, chunk, mu)
+        c1, c2 = _group_coef(n * C, g, cg, weight, sdy, sdxc, r, cg * S)
+        for ci in range(g * cg, g * cg + cg):
+            set_backward_coef(coef, n * C + ci, mu, weight[ci] * r, -r * r * c1, -r * c2)
+            chunk_grad_apply(xc, dyc, dxc, coef, n * C + ci, 0, S, True)
+
+
+# ---------------------------------------------------------------------------
+# serial glue shared by both layouts
+
+
+@worker
+def forward_coef(mean, rstd, weight, bias, G, coef):
+    """``coef`` (4, N*C) from group statistics (N*G,) and per-channel parameters."""
+    C = weight.shape[0]
+    cg = C // G
+    for i in range(coef.shape[1]):
+        c = i % C
+        ng = (i // C) * G + c // cg
+        set_forward_coef(coef, i, mean[ng], rstd[ng], weight[c], bias[c])
+
+
+@worker
+def backward_coef(mean, rstd, weight, sdy, sdxc, G, m, coef, dweight, dbias):
+    """``coef`` (5, N*C), dweight and dbias (C,) from per-(sample, channel) sums."""
+    C = weight.shape[0]
+    cg = C // G
+    N = sdy.shape[0] // C
+    for n in range(N):
+        for g in range(G):
+            ng = n * G + g
+            r = rstd[ng]
+            c1, c2 = _group_coef(n * C, g, cg, weight, sdy, sdxc, r, m)
+            for ci in range(g * cg, g * cg + cg):
+                set_backward_coef(coef, n * C + ci, mean[ng], weight[ci] * r, -r * r * c1,
+                                  -r * c2)
+    param_grads(sdy, sdxc, rstd, G, dweight, dbias)
+
+
+@worker
+def param_grads(sdy, sdxc, rstd, G, dweight, dbias):
+    """``dbias[c] = sum_n sdy[n, c]``, ``dweight[c] = sum_n sdxc[n, c] * rstd[n, g]``."""
+    C = dweight.shape[0]
+    cg = C // G
+    for c in range(C):
+        a = 0.0
+        s = 0.0
+        for n in range(sdy.shape[0] // C):
+            a += sdy[n * C + c]
+            s += sdxc[n * C + c] * rstd[n * G + c // cg]
+        dbias[c] = a
+        dweight[c] = s
+
+
+@worker
+def finish(m2, m, eps, rstd):
+    for i in range(m2.shape[0]):
+        rstd[i] = rstd_from_m2(m2[i], m, eps)
+
+
+# ---------------------------------------------------------------------------
+# launchers: x as (N, C, S) (channels first) or (N, S, C) (channels last)
+
+
+def _fused(n, g, group_elems, itemsize, arrays):
+    return (n * g >= config.FUSED_MIN_CHANNELS
+            and group_elems * itemsize * arrays <= config.FUSED_CHANNEL_MAX_BYTES)
+
+
+def forward(x3, G, weight, bias, eps, channels_last, y3):
+    """Group norm into ``y3``; returns float64 ``(mean, rstd)`` of shape (N*G,)."""
+    if channels_last:
+        n, s, c = x3.shape
+    else:
+        n, c, s = x3.shape
+    cg = c // G
+    m = cg * s
+    mean = np.empty(n * G)
+    rstd = np.empty(n * G)
+    coef = np.empty((4, n * c), x3.dtype)
+    if channels_last:
+        rows, width, nrb = blocks(x3)
+        pmean = np.empty((n, nrb, c))
+        pm2 = np.empty((n, nrb, c))
+        cols_moments(x3.size, x3, rows, width, pmean, pm2)
+        cols_merge(x3.size, pmean, pm2, s, rows, width)
+        m2 = np.empty(n * G)
+        cols_fold(pmean[:, 0], pm2[:, 0], s, cg, mean.reshape(n, G), m2.reshape(n, G))
+        finish(m2, m, eps, rstd)
+        forward_coef(mean, rstd, weight, bias, G, coef)
+        cols_apply(x3.size, x3, coef.reshape(4, n, c), rows, width, y3)
+        return mean, rstd
+    xg = x3.reshape(1, n * G, m)
+    xc = x3.reshape(1, n * c, s)
+    yc = y3.reshape(1, n * c, s)
+    chunk = config.CHUNK_ELEMENTS
+    if _fused(n, G, m, x3.itemsize, 1):
+        first_forward_fused(x3.size, xg, xc, weight, bias, eps, chunk, coef, yc, mean, rstd)
+        return mean, rstd
+    nch = -(-m // chunk)
+    pmean = np.empty((n * G, nch))
+    pm2 = np.empty((n * G, nch))
+    rows_moments(x3.size, xg, chunk, pmean, pm2)
+    m2 = np.empty(n * G)
+    rows_merge(pmean, pm2, m, chunk, mean, m2)
+    finish(m2, m, eps, rstd)
+    forward_coef(mean, rstd, weight, bias, G, coef)
+    rows_apply(x3.size, xc, coef, chunk, yc)
+    return mean, rstd
+
+
+def backward(dy3, x3, G, mean, rstd, weight, channels_last, dx3):
+    """dx into ``dx3``; returns float64 ``(dweight, dbias)`` of shape (C,)."""
+    if channels_last:
+        n, s, c = x3.shape
+    else:
+        n, c, s = x3.shape
+    cg = c // G
+    m = cg * s
+    coef = np.empty((5, n * c), x3.dtype)
+    dweight = np.empty(c)
+    dbias = np.empty(c)
+    sdy = np.empty(n * c)
+    sdxc = np.empty(n * c)
+    chunk = config.CHUNK_ELEMENTS
+    if channels_last:
+        rows, width, nrb = blocks(x3)
+        psdy = np.empty((n, nrb, c))
+        psdxc = np.empty((n, nrb, c))
+        colmean = np.repeat(mean.reshape(n, G), cg, axis=1)
+        cols_grad_sums(x3.size, x3, dy3, colmean, rows, width, psdy, psdxc)
+        cols_grad_fold(psdy, psdxc, 1, sdy.reshape(n, c), sdxc.reshape(n, c))
+        backward_coef(mean, rstd, weight, sdy, sdxc, G, m, coef, dweight, dbias)
+        cols_grad_apply(x3.size, x3, dy3, coef.reshape(5, n, c), rows, width, True, dx3)
+        return dweight, dbias
+    xc = x3.reshape(1, n * c, s)
+    dyc = dy3.reshape(1, n * c, s)
+    dxc = dx3.reshape(1, n * c, s)
+    if _fused(n, G, m, x3.itemsize, 2):
+        first_backward_fused(x3.size, xc, dyc, mean, rstd, weight, G, chunk, coef, dxc, sdy,
+                             sdxc)
+        param_grads(sdy, sdxc, rstd, G, dweight, dbias)
+        return dweight, dbias
+    nch = -(-s // chunk)
+    psdy = np.empty((1, nch, n * c))
+    psdxc = np.empty((1, nch, n * c))
+    rows_grad_sums(x3.size, xc, dyc, np.repeat(mean, cg), chunk, psdy[0], psdxc[0])
+    cols_grad_fold(psdy, psdxc, 1, sdy.reshape(1, n * c), sdxc.reshape(1, n * c))
+    backward_coef(mean, rstd, weight, sdy, sdxc, G, m, coef, dweight, dbias)
+    rows_grad_apply(x3.size, xc, dyc, coef, chunk, True, dxc)
+    return dweight, dbias
