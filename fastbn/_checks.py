@@ -6,6 +6,7 @@ before a single output element or running statistic is written.
 
 import math
 import numbers
+import operator
 
 import numpy as np
 
@@ -158,7 +159,9 @@ def normalized_shape(shape, x_shape) -> tuple:
     if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
         shape = (int(shape),)
     try:
-        shape = tuple(int(d) for d in shape)
+        if isinstance(shape, (str, bytes)):
+            raise TypeError
+        shape = tuple(operator.index(d) for d in shape)
     except TypeError:
         raise TypeError(f"normalized_shape must be an int or a tuple of ints; got {shape!r}") \
             from None

@@ -1,5 +1,8 @@
 """`fastbn check`: every implemented op on built-in inputs, against the reference.
 
+Batch norm (train, inference, backward, frozen backward), layer norm, RMS
+norm, group norm and instance norm (forward and backward).
+
 Prints one row per case: the largest absolute difference from
 :mod:`fastbn.reference` (float64), whether it is within the dtype's
 tolerance, and median times of fastbn and of the NumPy reference measured
@@ -89,6 +92,53 @@ def _batch_norm_cases(layout, shape, axis, dtype, rng) -> list[Case]:
     ]
 
 
+def _layer_norm_cases(shape, dtype, rng) -> list[Case]:
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    d = shape[-1]
+    w = rng.normal(1, 0.2, d).astype(dtype)
+    b = rng.normal(0, 0.2, d).astype(dtype)
+    _, mean, rstd = F.layer_norm(x, d, w, b)
+    _, rms_rstd = F.rms_norm(x, d, w)
+    layout = "rows"
+    return [
+        Case("layer_norm", layout, dtype, shape,
+             partial(F.layer_norm, x, d, w, b), partial(R.layer_norm, x, d, w, b)),
+        Case("layer_norm backward", layout, dtype, shape,
+             partial(F.layer_norm_backward, dy, x, d, mean, rstd, w),
+             partial(R.layer_norm_backward, dy, x, d, mean, rstd, w)),
+        Case("rms_norm", layout, dtype, shape,
+             partial(F.rms_norm, x, d, w), partial(R.rms_norm, x, d, w)),
+        Case("rms_norm backward", layout, dtype, shape,
+             partial(F.rms_norm_backward, dy, x, d, rms_rstd, w),
+             partial(R.rms_norm_backward, dy, x, d, rms_rstd, w)),
+    ]
+
+
+def _group_norm_cases(layout, shape, axis, groups, dtype, rng) -> list[Case]:
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    c = shape[axis]
+    w = rng.normal(1, 0.2, c).astype(dtype)
+    b = rng.normal(0, 0.2, c).astype(dtype)
+    _, mean, rstd = F.group_norm(x, groups, w, b, axis=axis)
+    _, imean, irstd = F.instance_norm(x, w, b, axis=axis)
+    return [
+        Case(f"group_norm G={groups}", layout, dtype, shape,
+             partial(F.group_norm, x, groups, w, b, axis=axis),
+             partial(R.group_norm, x, groups, w, b, axis=axis)),
+        Case(f"group_norm G={groups} backward", layout, dtype, shape,
+             partial(F.group_norm_backward, dy, x, groups, mean, rstd, w, axis=axis),
+             partial(R.group_norm_backward, dy, x, groups, mean, rstd, w, axis=axis)),
+        Case("instance_norm", layout, dtype, shape,
+             partial(F.instance_norm, x, w, b, axis=axis),
+             partial(R.instance_norm, x, w, b, axis=axis)),
+        Case("instance_norm backward", layout, dtype, shape,
+             partial(F.instance_norm_backward, dy, x, imean, irstd, w, axis=axis),
+             partial(R.instance_norm_backward, dy, x, imean, irstd, w, axis=axis)),
+    ]
+
+
 def cases(quick: bool = False) -> list[Case]:
     """Every op and pass, float32 and float64, in NCHW, NHWC and 2-D layouts."""
     rng = np.random.default_rng(0)
@@ -99,6 +149,9 @@ def cases(quick: bool = False) -> list[Case]:
     for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
         for layout, shape, axis in layouts:
             out += _batch_norm_cases(layout, shape, axis, dtype, rng)
+        out += _layer_norm_cases((64 * n, 8 * c), dtype, rng)
+        for layout, shape, axis in layouts[:2]:
+            out += _group_norm_cases(layout, shape, axis, 8, dtype, rng)
     return out
 
 
@@ -107,7 +160,7 @@ def run(quick: bool = False, repeats: int = 7, stream=None) -> bool:
     import sys
 
     stream = stream or sys.stdout
-    header = (f"{'op':<28} {'layout':<6} {'dtype':<8} {'shape':<18} {'max error':>10} "
+    header = (f"{'op':<30} {'layout':<6} {'dtype':<8} {'shape':<18} {'max error':>10} "
               f"{'ok':>3} {'fastbn ms':>10} {'numpy ms':>10} {'speedup':>8}")
     print(header, file=stream)
     print("-" * len(header), file=stream)
@@ -117,7 +170,7 @@ def run(quick: bool = False, repeats: int = 7, stream=None) -> bool:
         ok = err <= TOLERANCE[case.dtype]
         all_ok &= ok
         t_fast, t_ref = _median_times([case.run, case.oracle], repeats)
-        print(f"{case.op:<28} {case.layout:<6} {case.dtype.name:<8} {str(case.shape):<18} "
+        print(f"{case.op:<30} {case.layout:<6} {case.dtype.name:<8} {str(case.shape):<18} "
               f"{err:>10.2e} {'yes' if ok else 'NO':>3} {t_fast * 1e3:>10.3f} "
               f"{t_ref * 1e3:>10.3f} {t_ref / t_fast:>7.1f}x", file=stream)
     print("all within tolerance" if all_ok else "SOME CASES OUT OF TOLERANCE", file=stream)

@@ -34,6 +34,7 @@ _PATHS = (
     dict(SERIAL_MAX_ELEMENTS=0, FUSED_MIN_CHANNELS=1),          # parallel, fused rows
     dict(SERIAL_MAX_ELEMENTS=0, FUSED_CHANNEL_MAX_BYTES=0),     # parallel, split rows
     dict(FUSED_MIN_CHANNELS=1),                                 # serial, fused rows
+    dict(SERIAL_MAX_ELEMENTS=0, SHORT_ROW_MAX_BYTES=0),         # parallel, long rows
 )
 
 
@@ -48,6 +49,15 @@ def _exercise(dtype) -> None:
         for training in (True, False):
             F.batch_norm_backward(x, x, mean, rstd, training=training, axis=axis)
         F.moments(x, axis=axis)
+        for groups in (1, c):
+            _, gm, gr = F.group_norm(x, groups, axis=axis)
+            F.group_norm_backward(x, x, groups, gm, gr, axis=axis)
+    for shape in ((16, 8), (2, 4096)):
+        x = rng.standard_normal(shape).astype(dtype)
+        _, mean, rstd = F.layer_norm(x, shape[-1])
+        F.layer_norm_backward(x, x, shape[-1], mean, rstd)
+        _, rstd = F.rms_norm(x, shape[-1])
+        F.rms_norm_backward(x, x, shape[-1], rstd)
 
 
 def warmup(verbose: bool = True) -> float:

@@ -19,3 +19,25 @@ def assert_close(actual, expected, dtype, scale=1.0):
 
 def make(rng, shape, dtype, loc=0.0, scale=1.0):
     return rng.normal(loc, scale, shape).astype(dtype)
+
+
+def numerical_grad(f, a, h=1e-6):
+    """Central differences of the scalar ``f()`` with respect to every element of ``a``."""
+    g = np.zeros_like(a)
+    for i in np.ndindex(a.shape):
+        old = a[i]
+        a[i] = old + h
+        fp = f()
+        a[i] = old - h
+        fm = f()
+        a[i] = old
+        g[i] = (fp - fm) / (2 * h)
+    return g
+
+
+def per_set(a, axes_first):
+    """``a`` with the given axes moved first and the rest flattened: one column per set."""
+    a = np.asarray(a)
+    rest = [i for i in range(a.ndim) if i not in axes_first]
+    return np.transpose(a, list(axes_first) + rest).reshape(
+        int(np.prod([a.shape[i] for i in axes_first])), -1)

@@ -13,13 +13,15 @@ def rng():
 
 #: Kernel configurations that change only how work is split, never the
 #: result beyond rounding.  "default" runs the small test inputs on the serial
-#: drivers; the others force the parallel drivers with many chunks and narrow
-#: column blocks, through the fused per-channel row path or the split one.
+#: drivers.  The others force the parallel drivers with many small chunks and
+#: narrow column blocks: "fused" through the one-task-per-channel/group/row
+#: paths (with few row-block tasks, so tasks hold several and odd numbers of
+#: rows), "split" through the chunked multi-pass paths (long layer-norm rows).
 _SMALL_CHUNKS = dict(SERIAL_MAX_ELEMENTS=0, CHUNK_ELEMENTS=16, COLUMN_BLOCK=3)
 KERNEL_CONFIGS = {
     "default": {},
-    "fused": dict(_SMALL_CHUNKS, FUSED_MIN_CHANNELS=1),
-    "split": dict(_SMALL_CHUNKS, FUSED_CHANNEL_MAX_BYTES=0),
+    "fused": dict(_SMALL_CHUNKS, FUSED_MIN_CHANNELS=1, ROW_BLOCK_TASKS=3),
+    "split": dict(_SMALL_CHUNKS, FUSED_CHANNEL_MAX_BYTES=0, SHORT_ROW_MAX_BYTES=0),
 }
 
 

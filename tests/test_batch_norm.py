@@ -5,7 +5,7 @@ import threading
 import numba
 import numpy as np
 import pytest
-from _helpers import assert_close, make
+from _helpers import assert_close, make, numerical_grad
 
 import fastbn
 from fastbn import reference
@@ -106,19 +106,6 @@ def test_backward(rng, kernel_config, shape, axis, dtype, affine, training):
     assert_close(dx, dx_ref, dtype, scale=4)
     assert_close(dw, dw_ref, dtype, scale=_scale(x, axis))
     assert_close(db, db_ref, dtype, scale=_scale(x, axis))
-
-
-def numerical_grad(f, a, h=1e-6):
-    g = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + h
-        fp = f()
-        a[i] = old - h
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * h)
-    return g
 
 
 @pytest.mark.parametrize("shape,axis", [((4, 3), 1), ((3, 2, 2, 3), 1), ((2, 3, 3, 2), -1)])

@@ -76,3 +76,37 @@ def test_float32_matches_float64_computation(case):
     y32, _, _ = fastbn.batch_norm(x, axis=axis)
     y64, _, _ = fastbn.batch_norm(x.astype(np.float64), axis=axis)
     np.testing.assert_allclose(y32, y64, rtol=1e-4, atol=1e-4)
+
+
+@SETTINGS
+@given(batches(), st.floats(-1e4, 1e4))
+def test_layer_and_group_norm_properties(case, shift):
+    x, axis = case
+    d = x.shape[-1]
+    y, _, _ = fastbn.layer_norm(x, d, eps=1e-12)
+    var = x.var(axis=-1, keepdims=True)
+    np.testing.assert_allclose(y.mean(axis=-1), 0, atol=1e-9)
+    np.testing.assert_allclose(y.var(axis=-1, keepdims=True), var / (var + 1e-12), rtol=1e-9)
+    np.testing.assert_allclose(fastbn.layer_norm(x + shift, d)[0], fastbn.layer_norm(x, d)[0],
+                               atol=1e-6)
+    dy = np.random.default_rng(0).normal(size=x.shape)
+    _, mean, rstd = fastbn.layer_norm(x, d)
+    dx = fastbn.layer_norm_backward(dy, x, d, mean, rstd)[0]
+    assert np.all(np.abs(dx.sum(axis=-1)) <= 1e-9 * (1 + np.abs(dy).sum(-1) * rstd))
+
+    yg, _, _ = fastbn.group_norm(x, 1, axis=axis)
+    np.testing.assert_allclose(fastbn.group_norm(x + shift, 1, axis=axis)[0], yg, atol=1e-6)
+    c = x.shape[axis]
+    groups = c if x.size // (x.shape[0] * c) > 1 else 1  # instance norm needs spatial > 1
+    _, mean_g, rstd_g = fastbn.group_norm(x, groups, axis=axis)
+    dxg = fastbn.group_norm_backward(dy, x, groups, mean_g, rstd_g, axis=axis)[0]
+    per_group = np.moveaxis(dxg, axis, 1).reshape(x.shape[0], groups, -1).sum(-1)
+    assert np.all(np.abs(per_group) <= 1e-8 * (1 + np.abs(dy).sum() * rstd_g.max()))
+
+
+@SETTINGS
+@given(batches())
+def test_rms_norm_unit_mean_square(case):
+    x, _ = case
+    y, _ = fastbn.rms_norm(x, x.shape[-1], eps=1e-30)
+    np.testing.assert_allclose((y * y).mean(axis=-1), 1, rtol=1e-9)

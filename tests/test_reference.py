@@ -2,24 +2,9 @@
 
 import numpy as np
 import pytest
+from _helpers import numerical_grad
 
 from fastbn import reference
-
-
-def numerical_grad(f, a, h=1e-6):
-    """Central differences of the scalar ``f`` with respect to every element of ``a``."""
-    g = np.zeros_like(a)
-    it = np.nditer(a, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = a[i]
-        a[i] = old + h
-        fp = f()
-        a[i] = old - h
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * h)
-    return g
 
 
 @pytest.mark.parametrize("shape,axis", [((5, 3), 1), ((4, 3, 2, 3), 1), ((3, 2, 2, 4), -1)])
@@ -75,3 +60,36 @@ def test_running_stats_rule():
     unbiased = x.var(axis=0, ddof=1)
     np.testing.assert_allclose(rm, 0.75 + 0.25 * mean)
     np.testing.assert_allclose(rv, 0.75 + 0.25 * unbiased)
+
+
+@pytest.mark.parametrize("op", ["layer", "rms", "group-first", "group-last"])
+def test_other_norms_backward_match_finite_differences(rng, op):
+    if op in ("layer", "rms"):
+        x = rng.normal(size=(3, 2, 4))
+        ns = (2, 4)
+        w, b = rng.normal(size=ns), rng.normal(size=ns)
+    else:
+        axis = 1 if op == "group-first" else -1
+        x = rng.normal(size=(2, 4, 3) if axis == 1 else (2, 3, 4))
+        w, b = rng.normal(size=4), rng.normal(size=4)
+    g = rng.normal(size=x.shape)
+    if op == "layer":
+        def loss():
+            return np.sum(g * reference.layer_norm(x, ns, w, b)[0])
+        _, mean, rstd = reference.layer_norm(x, ns, w, b)
+        dx, dw, db = reference.layer_norm_backward(g, x, ns, mean, rstd, w)
+    elif op == "rms":
+        def loss():
+            return np.sum(g * reference.rms_norm(x, ns, w)[0])
+        _, rstd = reference.rms_norm(x, ns, w)
+        dx, dw = reference.rms_norm_backward(g, x, ns, rstd, w)
+        db = None
+    else:
+        def loss():
+            return np.sum(g * reference.group_norm(x, 2, w, b, axis=axis)[0])
+        _, mean, rstd = reference.group_norm(x, 2, w, b, axis=axis)
+        dx, dw, db = reference.group_norm_backward(g, x, 2, mean, rstd, w, axis=axis)
+    np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dw, numerical_grad(loss, w), rtol=1e-5, atol=1e-7)
+    if db is not None:
+        np.testing.assert_allclose(db, numerical_grad(loss, b), rtol=1e-5, atol=1e-7)
