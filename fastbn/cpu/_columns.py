@@ -30,12 +30,104 @@ from ._jit import driver, worker
 from ._moments import chan_merge, shifted_moments
 
 
+@worker
+def block_moments(x3, n, r0, r1, k0, k1, s1, s2):
+    """(mean, m2) of columns ``k0:k1`` over rows ``r0:r1`` of sample ``n`` into ``s1``/``s2``.
+
+    Each column is shifted by the block's first row and summed down the rows,
+    four rows per sweep so the float64 accumulators are loaded and stored a
+    quarter as often.
+    """
+    shift = x3[n, r0, k0:k1]
+    s1[:] = 0.0
+    s2[:] = 0.0
+    r = r0 + 1
+    while r + 4 <= r1:
+        xa = x3[n, r, k0:k1]  # slices + range(len): indices provably >= 0, loops vectorize
+        xb = x3[n, r + 1, k0:k1]
+        xc = x3[n, r + 2, k0:k1]
+        xd = x3[n, r + 3, k0:k1]
+        for k in range(xa.size):
+            sh = np.float64(shift[k])
+            da = np.float64(xa[k]) - sh
+            db = np.float64(xb[k]) - sh
+            dc = np.float64(xc[k]) - sh
+            dd = np.float64(xd[k]) - sh
+            s1[k] += (da + db) + (dc + dd)
+            s2[k] += (da * da + db * db) + (dc * dc + dd * dd)
+        r += 4
+    while r < r1:
+        xr = x3[n, r, k0:k1]
+        for k in range(xr.size):
+            d = np.float64(xr[k]) - np.float64(shift[k])
+            s1[k] += d
+            s2[k] += d * d
+        r += 1
+    for k in range(s1.size):
+        s1[k], s2[k] = shifted_moments(r1 - r0, np.float64(shift[k]), s1[k], s2[k])
+
+
+@worker
+def tree_merge(pmean, pm2, A, rows, k0, k1):
+    """Merge the row blocks of one sample (``pmean``/``pm2``: (blocks, K)) into block 0.
+
+    Fixed pairwise tree: level ``s`` merges block ``rb + s`` into ``rb`` for
+    every ``rb`` divisible by ``2 s``, so rounding grows with log(blocks) and
+    the order never depends on the thread count or the column blocking.
+    """
+    nrb = pmean.shape[0]
+    s = 1
+    while s < nrb:
+        for rb in range(0, nrb - s, 2 * s):
+            na = min(rb * rows + s * rows, A) - rb * rows
+            nb = min((rb + s) * rows + s * rows, A) - (rb + s) * rows
+            fb = np.float64(nb) / np.float64(na + nb)
+            fab = np.float64(na) * fb
+            ma = pmean[rb, k0:k1]
+            mb = pmean[rb + s, k0:k1]
+            qa = pm2[rb, k0:k1]
+            qb = pm2[rb + s, k0:k1]
+            for k in range(ma.size):
+                delta = mb[k] - ma[k]
+                ma[k] += delta * fb
+                qa[k] += qb[k] + delta * delta * fab
+        s *= 2
+
+
+@worker
+def fold_sample(colmean, colm2, A, B, mean, m2):
+    """(mean, m2) of each group of ``B`` adjacent columns, merged in column order.
+
+    ``colmean``/``colm2``: (K,) column moments over ``A`` rows each;
+    ``mean``/``m2``: (K // B,) out.
+    """
+    for g in range(mean.shape[0]):
+        cnt = A
+        mu = colmean[g * B]
+        s = colm2[g * B]
+        for b in range(1, B):
+            cnt, mu, s = chan_merge(cnt, mu, s, A, colmean[g * B + b], colm2[g * B + b])
+        mean[g] = mu
+        m2[g] = s
+
+
+@worker
+def block_apply(x3, n, r0, r1, k0, k1, coef, y3):
+    """``y = ((x - mean_hi) - mean_lo) * scale + bias`` on a block, coef (4, N, K)."""
+    hi = coef[0, n, k0:k1]
+    lo = coef[1, n, k0:k1]
+    scale = coef[2, n, k0:k1]
+    bias = coef[3, n, k0:k1]
+    for r in range(r0, r1):
+        xr = x3[n, r, k0:k1]
+        yr = y3[n, r, k0:k1]
+        for k in range(xr.size):
+            yr[k] = ((xr[k] - hi[k]) - lo[k]) * scale[k] + bias[k]
+
+
 @driver
 def cols_moments(x3, rows, width, pmean, pm2):
-    """Per (sample, row block, column) (mean, m2) into ``pmean``/``pm2`` (N, blocks, K).
-
-    Each column is shifted by the block's first row and summed down the rows.
-    """
+    """Per (sample, row block, column) (mean, m2) into ``pmean``/``pm2`` (N, blocks, K)."""
     N, A, K = x3.shape
     nrb = pmean.shape[1]
     ncb = (K + width - 1) // width
@@ -44,76 +136,31 @@ def cols_moments(x3, rows, width, pmean, pm2):
         rb = (t // ncb) % nrb
         k0 = (t % ncb) * width
         k1 = min(k0 + width, K)
-        r0 = rb * rows
-        r1 = min(r0 + rows, A)
-        s1 = pmean[n, rb, k0:k1]
-        s2 = pm2[n, rb, k0:k1]
-        shift = x3[n, r0, k0:k1]
-        s1[:] = 0.0
-        s2[:] = 0.0
-        for r in range(r0 + 1, r1):
-            xr = x3[n, r, k0:k1]  # slices + range(len): indices provably >= 0, loops vectorize
-            for k in range(xr.size):
-                d = np.float64(xr[k]) - np.float64(shift[k])
-                s1[k] += d
-                s2[k] += d * d
-        for k in range(s1.size):
-            s1[k], s2[k] = shifted_moments(r1 - r0, np.float64(shift[k]), s1[k], s2[k])
+        block_moments(x3, n, rb * rows, min(rb * rows + rows, A), k0, k1, pmean[n, rb, k0:k1],
+                      pm2[n, rb, k0:k1])
 
 
 @driver
 def cols_merge(pmean, pm2, A, rows, width):
-    """Merge each sample's row blocks into block 0 along a fixed pairwise tree.
-
-    Level ``s`` merges block ``rb + s`` into ``rb`` for every ``rb`` divisible by
-    ``2 s``: rounding grows with log(blocks), not with their number.
-    """
-    N, nrb, K = pmean.shape
+    """Merge each sample's row blocks into block 0 (:func:`tree_merge`), by column blocks."""
+    N, _, K = pmean.shape
     ncb = (K + width - 1) // width
     for t in prange(N * ncb):
         n = t // ncb
         k0 = (t % ncb) * width
-        k1 = min(k0 + width, K)
-        s = 1
-        while s < nrb:
-            for rb in range(0, nrb - s, 2 * s):
-                na = min(rb * rows + s * rows, A) - rb * rows
-                nb = min((rb + s) * rows + s * rows, A) - (rb + s) * rows
-                fb = np.float64(nb) / np.float64(na + nb)
-                fab = np.float64(na) * fb
-                ma = pmean[n, rb, k0:k1]
-                mb = pmean[n, rb + s, k0:k1]
-                qa = pm2[n, rb, k0:k1]
-                qb = pm2[n, rb + s, k0:k1]
-                for k in range(ma.size):
-                    delta = mb[k] - ma[k]
-                    ma[k] += delta * fb
-                    qa[k] += qb[k] + delta * delta * fab
-            s *= 2
+        tree_merge(pmean[n], pm2[n], A, rows, k0, min(k0 + width, K))
 
 
 @worker
 def cols_fold(colmean, colm2, A, B, mean, m2):
-    """Per (sample, group of ``B`` adjacent columns) (mean, m2), merged in column order.
-
-    ``colmean``/``colm2``: (N, K) column moments over ``A`` rows each;
-    ``mean``/``m2``: (N, K // B) out.
-    """
-    N, G = mean.shape
-    for n in range(N):
-        for g in range(G):
-            cnt = A
-            mu = colmean[n, g * B]
-            s = colm2[n, g * B]
-            for b in range(1, B):
-                cnt, mu, s = chan_merge(cnt, mu, s, A, colmean[n, g * B + b], colm2[n, g * B + b])
-            mean[n, g] = mu
-            m2[n, g] = s
+    """:func:`fold_sample` for every sample: (N, K) column moments to (N, K // B)."""
+    for n in range(mean.shape[0]):
+        fold_sample(colmean[n], colm2[n], A, B, mean[n], m2[n])
 
 
 @driver
 def cols_apply(x3, coef, rows, width, y3):
-    """Elementwise ``y = ((x - mean_hi) - mean_lo) * scale + bias``, coef (4, N, K)."""
+    """Elementwise :func:`block_apply` over (sample, row block, column block) tasks."""
     N, A, K = x3.shape
     nrb = (A + rows - 1) // rows
     ncb = (K + width - 1) // width
@@ -121,16 +168,44 @@ def cols_apply(x3, coef, rows, width, y3):
         n = t // (nrb * ncb)
         rb = (t // ncb) % nrb
         k0 = (t % ncb) * width
-        k1 = min(k0 + width, K)
-        hi = coef[0, n, k0:k1]
-        lo = coef[1, n, k0:k1]
-        scale = coef[2, n, k0:k1]
-        bias = coef[3, n, k0:k1]
-        for r in range(rb * rows, min(rb * rows + rows, A)):
-            xr = x3[n, r, k0:k1]
-            yr = y3[n, r, k0:k1]
-            for k in range(xr.size):
-                yr[k] = ((xr[k] - hi[k]) - lo[k]) * scale[k] + bias[k]
+        block_apply(x3, n, rb * rows, min(rb * rows + rows, A), k0, min(k0 + width, K), coef,
+                    y3)
+
+
+@worker
+def block_grad_sums(x3, dy3, n, r0, r1, k0, k1, mu, s1, s2):
+    """``sum(dy)`` and ``sum(dy * (x - mu))`` of columns ``k0:k1`` over rows ``r0:r1``,
+    four rows per sweep (see :func:`block_moments`)."""
+    s1[:] = 0.0
+    s2[:] = 0.0
+    r = r0
+    while r + 4 <= r1:
+        xa = x3[n, r, k0:k1]
+        xb = x3[n, r + 1, k0:k1]
+        xc = x3[n, r + 2, k0:k1]
+        xd = x3[n, r + 3, k0:k1]
+        ga = dy3[n, r, k0:k1]
+        gb = dy3[n, r + 1, k0:k1]
+        gc = dy3[n, r + 2, k0:k1]
+        gd = dy3[n, r + 3, k0:k1]
+        for k in range(xa.size):
+            m = mu[k]
+            a = np.float64(ga[k])
+            b = np.float64(gb[k])
+            c = np.float64(gc[k])
+            d = np.float64(gd[k])
+            s1[k] += (a + b) + (c + d)
+            s2[k] += ((a * (np.float64(xa[k]) - m) + b * (np.float64(xb[k]) - m))
+                      + (c * (np.float64(xc[k]) - m) + d * (np.float64(xd[k]) - m)))
+        r += 4
+    while r < r1:
+        xr = x3[n, r, k0:k1]
+        gr = dy3[n, r, k0:k1]
+        for k in range(xr.size):
+            g = np.float64(gr[k])
+            s1[k] += g
+            s2[k] += g * (np.float64(xr[k]) - mu[k])
+        r += 1
 
 
 @driver
@@ -148,18 +223,8 @@ def cols_grad_sums(x3, dy3, colmean, rows, width, psdy, psdxc):
         rb = (t // ncb) % nrb
         k0 = (t % ncb) * width
         k1 = min(k0 + width, K)
-        s1 = psdy[n, rb, k0:k1]
-        s2 = psdxc[n, rb, k0:k1]
-        mu = colmean[n, k0:k1]
-        s1[:] = 0.0
-        s2[:] = 0.0
-        for r in range(rb * rows, min(rb * rows + rows, A)):
-            xr = x3[n, r, k0:k1]
-            dr = dy3[n, r, k0:k1]
-            for k in range(xr.size):
-                g = np.float64(dr[k])
-                s1[k] += g
-                s2[k] += g * (np.float64(xr[k]) - mu[k])
+        block_grad_sums(x3, dy3, n, rb * rows, min(rb * rows + rows, A), k0, k1,
+                        colmean[n, k0:k1], psdy[n, rb, k0:k1], psdxc[n, rb, k0:k1])
 
 
 @worker

@@ -28,8 +28,10 @@ Both layouts get their own loop order; neither transposes:
   owns it: statistics, then the output from cache.
 * channels last, ``(N, S, C)``: the column kernels of :mod:`._columns`, per
   sample, blocks of rows by blocks of channels; a group's statistics fold its
-  ``C/G`` adjacent columns.  Small batches (N = 1, 2) still split into many
-  row blocks, so every core works.
+  ``C/G`` adjacent columns.  When they fit in L2, one task owns a block of
+  whole groups of one sample (the whole sample for large batches, a few
+  groups for N = 1, 2 so every core works): statistics, then the output from
+  cache.  Otherwise tasks are blocks of rows by blocks of channels.
 
 Coefficient arrays are ``(R, N*C)`` in x's dtype, index ``n*C + c``
 (``(R, N, C)`` for the column kernels).
@@ -44,6 +46,8 @@ from numba import prange
 
 from .. import config
 from ._columns import (
+    block_apply,
+    block_moments,
     blocks,
     cols_apply,
     cols_fold,
@@ -52,6 +56,8 @@ from ._columns import (
     cols_grad_sums,
     cols_merge,
     cols_moments,
+    fold_sample,
+    tree_merge,
 )
 from ._jit import driver, worker
 from ._moments import rstd_from_m2, set_backward_coef, set_forward_coef
@@ -146,18 +152,84 @@ def first_backward_fused(
 
 
 # ---------------------------------------------------------------------------
+# channels last, one task per block of whole groups of one sample
+
+
+@driver
+def last_forward_fused(
+    x3,      # (N, S, C) input
+    weight,  # (C,) float64
+    bias,    # (C,) float64
+    eps,     # float
+    G,       # groups
+    gpb,     # groups per task
+    rows,    # rows per statistics block (as the split path's, so results agree)
+    pmean,   # (N, blocks, C) float64 scratch
+    pm2,     # (N, blocks, C) float64 scratch
+    gm2,     # (N*G,) float64 scratch
+    coef,    # (4, N*C) x.dtype scratch
+    y3,      # (N, S, C) output
+    mean,    # (N*G,) float64 out
+    rstd,    # (N*G,) float64 out
+):
+    """Forward, tasks of ``gpb`` whole groups of one sample: column statistics, then
+    y while the task's columns are in L2."""
+    N, S, C = x3.shape
+    nrb = pmean.shape[1]
+    cg = C // G
+    nblk = (G + gpb - 1) // gpb
+    coef3 = coef.reshape(4, N, C)
+    for t in prange(N * nblk):
+        n = t // nblk
+        g0 = (t % nblk) * gpb
+        g1 = min(g0 + gpb, G)
+        k0 = g0 * cg
+        k1 = g1 * cg
+        for rb in range(nrb):
+            block_moments(x3, n, rb * rows, min(rb * rows + rows, S), k0, k1,
+                          pmean[n, rb, k0:k1], pm2[n, rb, k0:k1])
+        tree_merge(pmean[n], pm2[n], S, rows, k0, k1)
+        fold_sample(pmean[n, 0, k0:k1], pm2[n, 0, k0:k1], S, cg, mean[n * G + g0:n * G + g1],
+                    gm2[n * G + g0:n * G + g1])
+        for g in range(n * G + g0, n * G + g1):
+            rstd[g] = rstd_from_m2(gm2[g], cg * S, eps)
+        sample_forward_coef(n, k0, k1, mean, rstd, weight, bias, G, coef)
+        block_apply(x3, n, 0, S, k0, k1, coef3, y3)
+
+
+def _groups_per_task(n, s, c, G, itemsize):
+    """Groups per fused channels-last task, or 0 to take the split path.
+
+    Whole samples, when the batch has ``config.FUSED_MIN_CHANNELS`` samples
+    and a sample fits in ``config.FUSED_CHANNEL_MAX_BYTES``.  Narrower blocks
+    (a few groups of a sample) were measured slower than the split path: their
+    rows are a few dozen bytes, too short to stream.
+    """
+    if n >= config.FUSED_MIN_CHANNELS and s * c * itemsize <= config.FUSED_CHANNEL_MAX_BYTES:
+        return G
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # serial glue shared by both layouts
+
+
+@worker
+def sample_forward_coef(n, c0, c1, mean, rstd, weight, bias, G, coef):
+    """Columns ``n*C + c0 : n*C + c1`` of ``coef`` (4, N*C) from group statistics (N*G,)."""
+    C = weight.shape[0]
+    cg = C // G
+    for c in range(c0, c1):
+        ng = n * G + c // cg
+        set_forward_coef(coef, n * C + c, mean[ng], rstd[ng], weight[c], bias[c])
 
 
 @worker
 def forward_coef(mean, rstd, weight, bias, G, coef):
     """``coef`` (4, N*C) from group statistics (N*G,) and per-channel parameters."""
     C = weight.shape[0]
-    cg = C // G
-    for i in range(coef.shape[1]):
-        c = i % C
-        ng = (i // C) * G + c // cg
-        set_forward_coef(coef, i, mean[ng], rstd[ng], weight[c], bias[c])
+    for n in range(coef.shape[1] // C):
+        sample_forward_coef(n, 0, C, mean, rstd, weight, bias, G, coef)
 
 
 @worker
@@ -222,9 +294,14 @@ def forward(x3, G, weight, bias, eps, channels_last, y3):
         rows, width, nrb = blocks(x3)
         pmean = np.empty((n, nrb, c))
         pm2 = np.empty((n, nrb, c))
-        cols_moments(x3.size, x3, rows, width, pmean, pm2)
-        cols_merge(x3.size, pmean, pm2, s, rows, width)
         m2 = np.empty(n * G)
+        gpb = _groups_per_task(n, s, c, G, x3.itemsize)
+        if gpb:
+            last_forward_fused(x3.size, x3, weight, bias, eps, G, gpb, rows, pmean, pm2, m2,
+                               coef, y3, mean, rstd)
+            return mean, rstd
+        cols_moments(x3.size, x3, rows, width, pmean, pm2)
+        cols_merge(pmean.size, pmean, pm2, s, rows, width)
         cols_fold(pmean[:, 0], pm2[:, 0], s, cg, mean.reshape(n, G), m2.reshape(n, G))
         finish(m2, m, eps, rstd)
         forward_coef(mean, rstd, weight, bias, G, coef)
