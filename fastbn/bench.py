@@ -1,0 +1,381 @@
+"""`fastbn bench`: the kernel benchmark table, measured so that ratios can be trusted.
+
+For every case of the grid (op x pass x layout x dtype x size), fastbn, the
+NumPy reference and torch (when installed, on fastbn's thread count) are
+called in turn inside one loop, so machine drift hits all of them alike, and
+the median of the repeats after a warm-up is reported.  A memory-bandwidth
+probe (a parallel Numba copy) is measured in the same run, between the cases;
+each kernel's GB/s counts the minimal traffic (forward: read x, write y;
+backward: read x and dy, write dx) and is reported as a fraction of the probe.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from . import functional as F
+from . import reference as R
+
+
+@dataclass
+class BenchCase:
+    op: str
+    pass_: str
+    layout: str
+    dtype: np.dtype
+    shape: tuple
+    arrays: int                     # arrays of x's size a minimal kernel moves
+    fastbn: Callable[[], object]
+    numpy: Callable[[], object]
+    torch: Callable[[], object] | None = None
+    results: dict = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return self.arrays * math.prod(self.shape) * self.dtype.itemsize
+
+
+# --- the bandwidth probe -----------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _copy(src, dst, chunk):
+    n = src.size
+    for t in prange((n + chunk - 1) // chunk):
+        a = src[t * chunk:min(t * chunk + chunk, n)]
+        b = dst[t * chunk:min(t * chunk + chunk, n)]
+        for i in range(a.size):
+            b[i] = a[i]
+
+
+class BandwidthProbe:
+    """Read + write GB/s of a parallel copy of ``megabytes`` MB (median of repeats)."""
+
+    def __init__(self, megabytes: int = 256):
+        n = megabytes * (1 << 20) // 4
+        self.src = np.ones(n, np.float32)
+        self.dst = np.empty_like(self.src)
+        _copy(self.src, self.dst, 1 << 16)
+        self.samples: list[float] = []
+
+    def measure(self, repeats: int = 3) -> None:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            _copy(self.src, self.dst, 1 << 16)
+            self.samples.append(2 * self.src.nbytes / (time.perf_counter() - t0) / 1e9)
+
+    @property
+    def gbps(self) -> float:
+        return float(np.median(self.samples))
+
+
+# --- the grid ----------------------------------------------------------------------------
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(numba.get_num_threads())  # same thread count as fastbn
+    return torch
+
+
+def _channels_first(torch, a, axis):
+    t = torch.from_numpy(a)
+    return t if axis == 1 else t.movedim(-1, 1)
+
+
+def _batch_norm_cases(torch, layout, shape, axis, dtype, rng):
+    x = rng.standard_normal(shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    c = shape[axis]
+    w, b = np.ones(c, dtype), np.zeros(c, dtype)
+    rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+    _, mean, rstd = F.batch_norm(x, w, b, axis=axis)
+    grad = (dy, x, mean, rstd, w)
+    cases = [
+        BenchCase("batch_norm", "forward-train", layout, dtype, shape, 2,
+                  partial(F.batch_norm, x, w, b, axis=axis),
+                  partial(R.batch_norm_train, x, w, b, axis=axis)),
+        BenchCase("batch_norm", "inference", layout, dtype, shape, 2,
+                  partial(F.batch_norm, x, w, b, rm, rv, training=False, axis=axis),
+                  partial(R.batch_norm_inference, x, rm, rv, w, b, axis=axis)),
+        BenchCase("batch_norm", "backward", layout, dtype, shape, 3,
+                  partial(F.batch_norm_backward, *grad, axis=axis),
+                  partial(R.batch_norm_backward_train, *grad, axis=axis)),
+    ]
+    if torch is not None:
+        t = torch.from_numpy
+        xt, dyt = _channels_first(torch, x, axis), _channels_first(torch, dy, axis)
+        fb = torch.nn.functional.batch_norm
+        cases[0].torch = partial(_no_grad, torch, fb, xt, None, None, t(w), t(b), True)
+        cases[1].torch = partial(_no_grad, torch, fb, xt, t(rm), t(rv), t(w), t(b), False)
+        cases[2].torch = partial(torch.ops.aten.native_batch_norm_backward, dyt, xt, t(w),
+                                 None, None, t(mean), t(rstd), True, 1e-5, [True] * 3)
+    return cases
+
+
+def _no_grad(torch, fn, *args):
+    with torch.no_grad():
+        return fn(*args)
+
+
+def _layer_norm_cases(torch, shape, dtype, rng):
+    x = rng.standard_normal(shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    d = shape[-1]
+    w, b = np.ones(d, dtype), np.zeros(d, dtype)
+    _, mean, rstd = F.layer_norm(x, d, w, b)
+    _, rms_rstd = F.rms_norm(x, d, w)
+    cases = [
+        BenchCase("layer_norm", "forward", "rows", dtype, shape, 2,
+                  partial(F.layer_norm, x, d, w, b), partial(R.layer_norm, x, d, w, b)),
+        BenchCase("layer_norm", "backward", "rows", dtype, shape, 3,
+                  partial(F.layer_norm_backward, dy, x, d, mean, rstd, w),
+                  partial(R.layer_norm_backward, dy, x, d, mean, rstd, w)),
+        BenchCase("rms_norm", "forward", "rows", dtype, shape, 2,
+                  partial(F.rms_norm, x, d, w), partial(R.rms_norm, x, d, w)),
+        BenchCase("rms_norm", "backward", "rows", dtype, shape, 3,
+                  partial(F.rms_norm_backward, dy, x, d, rms_rstd, w),
+                  partial(R.rms_norm_backward, dy, x, d, rms_rstd, w)),
+    ]
+    if torch is not None:
+        t = torch.from_numpy
+        stat = shape[:-1] + (1,)
+        cases[0].torch = partial(torch.nn.functional.layer_norm, t(x), (d,), t(w), t(b))
+        cases[1].torch = partial(torch.ops.aten.native_layer_norm_backward, t(dy), t(x), [d],
+                                 t(mean).reshape(stat), t(rstd).reshape(stat), t(w), t(b),
+                                 [True] * 3)
+        cases[2].torch = partial(torch.nn.functional.rms_norm, t(x), (d,), t(w), 1e-6)
+        # RMS norm backward: torch has no CPU kernel that takes the saved rstd
+        # (autograd would recompute the forward), so no torch column.
+    return cases
+
+
+def _group_norm_cases(torch, layout, shape, axis, groups, dtype, rng):
+    x = rng.standard_normal(shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    c = shape[axis]
+    w, b = np.ones(c, dtype), np.zeros(c, dtype)
+    _, mean, rstd = F.group_norm(x, groups, w, b, axis=axis)
+    op = f"group_norm G={groups}"
+    cases = [
+        BenchCase(op, "forward", layout, dtype, shape, 2,
+                  partial(F.group_norm, x, groups, w, b, axis=axis),
+                  partial(R.group_norm, x, groups, w, b, axis=axis)),
+        BenchCase(op, "backward", layout, dtype, shape, 3,
+                  partial(F.group_norm_backward, dy, x, groups, mean, rstd, w, axis=axis),
+                  partial(R.group_norm_backward, dy, x, groups, mean, rstd, w, axis=axis)),
+    ]
+    if torch is not None:
+        t = torch.from_numpy
+        xt, dyt = _channels_first(torch, x, axis), _channels_first(torch, dy, axis)
+        n = shape[0]
+        cases[0].torch = partial(torch.nn.functional.group_norm, xt, groups, t(w), t(b))
+        cases[1].torch = partial(torch.ops.aten.native_group_norm_backward, dyt, xt, t(mean),
+                                 t(rstd), t(w), n, c, x.size // (n * c), groups, [True] * 3)
+    return cases
+
+
+OPS = ("batch_norm", "layer_norm", "rms_norm", "group_norm")
+
+
+def grid(quick: bool = False, ops=OPS, dtypes=None) -> list[BenchCase]:
+    """The benchmark cases: large (>= 8 MB per float32 tensor) and small latency ones."""
+    rng = np.random.default_rng(0)
+    torch = _torch()
+    dtypes = dtypes or ([np.dtype(np.float32)] if quick
+                        else [np.dtype(np.float32), np.dtype(np.float64)])
+    cases: list[BenchCase] = []
+    for dtype in dtypes:
+        if "batch_norm" in ops:
+            for layout, shape, axis in (("NCHW", (32, 64, 56, 56), 1),
+                                        ("NHWC", (32, 56, 56, 64), -1),
+                                        ("NC", (4096, 1024), 1), ("NC", (32, 256), 1)):
+                cases += _batch_norm_cases(torch, layout, shape, axis, dtype, rng)
+        if "layer_norm" in ops or "rms_norm" in ops:
+            for shape in ((4096, 1024), (8, 512, 768), (8, 768)):
+                cases += [c for c in _layer_norm_cases(torch, shape, dtype, rng) if c.op in ops]
+        if "group_norm" in ops:
+            for layout, shape, axis in (("NCHW", (32, 64, 56, 56), 1),
+                                        ("NHWC", (32, 56, 56, 64), -1),
+                                        ("NCHW", (2, 64, 56, 56), 1),
+                                        ("NHWC", (2, 56, 56, 64), -1)):
+                cases += _group_norm_cases(torch, layout, shape, axis, 32, dtype, rng)
+    return cases
+
+
+# --- measuring ---------------------------------------------------------------------------
+
+
+def _repeats(case: BenchCase, quick: bool) -> int:
+    """Enough repeats for a stable median, fewer for slow cases; fixed per case."""
+    big = case.nbytes >= 8 * (1 << 20)
+    if quick:
+        return 5 if big else 25
+    return 15 if big else 100
+
+
+def measure(case: BenchCase, quick: bool) -> None:
+    """Median seconds of each backend, their calls interleaved in one loop.
+
+    Before each timed call of a threaded backend one untimed call lets the
+    other backend's thread pool go idle: Numba's OpenMP workers and torch's
+    keep spinning for a while after a parallel region, and on a machine with
+    few cores the spinning pool of one would be charged to the other.
+    """
+    backends = {"fastbn": case.fastbn, "numpy": case.numpy}
+    if case.torch is not None:
+        backends["torch"] = case.torch
+    for fn in backends.values():
+        fn()  # warm-up: compile, allocate, page in
+    samples = {k: [] for k in backends}
+    for i in range(_repeats(case, quick)):
+        for name, fn in backends.items():
+            # the reference is 10-100x slower: time it on rounds 0-2 and every 4th
+            if name == "numpy" and i >= 3 and i % 4:
+                continue
+            if name != "numpy":
+                fn()  # settle: the previous backend's pool stops spinning meanwhile
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+    case.results = {k: float(np.median(v)) for k, v in samples.items()}
+
+
+def _machine(bandwidth: float) -> dict:
+    torch = _torch()
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": numba.get_num_threads(),
+        "threading_layer": numba.threading_layer(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "torch": None if torch is None else torch.__version__,
+        "bandwidth_gbps": bandwidth,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def rows(cases: list[BenchCase], bandwidth: float) -> list[dict]:
+    out = []
+    for c in cases:
+        r = c.results
+        gbps = c.nbytes / r["fastbn"] / 1e9
+        torch_s = r.get("torch")
+        out.append({
+            "op": c.op, "pass": c.pass_, "layout": c.layout, "dtype": c.dtype.name,
+            "shape": list(c.shape), "backend": "cpu",
+            "median_s": r["fastbn"], "gbps": gbps, "bandwidth_fraction": gbps / bandwidth,
+            "numpy_median_s": r["numpy"], "speedup_vs_numpy": r["numpy"] / r["fastbn"],
+            "torch_median_s": torch_s,
+            "speedup_vs_torch": None if torch_s is None else torch_s / r["fastbn"],
+        })
+    return out
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.3f}" if s < 1 else f"{s * 1e3:.0f}"
+
+
+def table(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        f"fastbn bench, {m['date']}: {m['processor']}, {m['threads']} threads "
+        f"({m['threading_layer']}), numpy {m['numpy']}, numba {m['numba']}, "
+        f"torch {m['torch'] or 'not installed'}",
+        f"bandwidth probe (parallel copy, read + write): {m['bandwidth_gbps']:.1f} GB/s",
+        "",
+        f"{'op':<16} {'pass':<14} {'layout':<6} {'dtype':<7} {'shape':<18} {'ms':>8} "
+        f"{'GB/s':>6} {'of bw':>6} {'numpy ms':>9} {'vs numpy':>8} {'torch ms':>9} "
+        f"{'vs torch':>8}",
+    ]
+    lines.append("-" * len(lines[-1]))
+    for r in report["rows"]:
+        torch = ("" if r["torch_median_s"] is None else _ms(r["torch_median_s"]))
+        vs_torch = ("" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.2f}x")
+        lines.append(
+            f"{r['op']:<16} {r['pass']:<14} {r['layout']:<6} {r['dtype']:<7} "
+            f"{'x'.join(map(str, r['shape'])):<18} {_ms(r['median_s']):>8} "
+            f"{r['gbps']:>6.1f} {r['bandwidth_fraction']:>6.2f} {_ms(r['numpy_median_s']):>9} "
+            f"{r['speedup_vs_numpy']:>7.1f}x {torch:>9} {vs_torch:>8}")
+    speedups = [r["speedup_vs_torch"] for r in report["rows"] if r["speedup_vs_torch"]]
+    if speedups:
+        lines.append("")
+        lines.append(f"geometric mean vs torch: {math.exp(np.mean(np.log(speedups))):.2f}x "
+                     f"over {len(speedups)} cases; lowest {min(speedups):.2f}x")
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rs = report["rows"]
+    labels = [f"{r['op']} {r['pass']}\n{r['layout']} {'x'.join(map(str, r['shape']))} "
+              f"{r['dtype']}" for r in rs]
+    y = np.arange(len(rs))
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rs) + 1.5))
+    ax.barh(y - 0.2, [r["bandwidth_fraction"] for r in rs], 0.4, label="fastbn")
+    if any(r["speedup_vs_torch"] for r in rs):
+        # torch moving the same minimal bytes in its own time
+        ax.barh(y + 0.2, [r["bandwidth_fraction"] / r["speedup_vs_torch"]
+                          if r["speedup_vs_torch"] else 0 for r in rs], 0.4, label="torch")
+    ax.set_yticks(y, labels, fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"fraction of measured copy bandwidth "
+                  f"({report['machine']['bandwidth_gbps']:.1f} GB/s)")
+    ax.axvline(1.0, color="grey", lw=0.5)
+    ax.legend()
+    ax.set_title(f"fastbn bench, {report['machine']['threads']} threads")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _progress(cases):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return cases
+    return tqdm(cases, desc="fastbn bench", unit="case", file=sys.stderr)
+
+
+def run(quick: bool = False, ops=OPS, json_path: str | None = None,
+        plot_path: str | None = None, stream=None) -> dict:
+    """Run the grid, print the table, optionally write JSON and a plot; return the report."""
+    stream = stream or sys.stdout
+    cases = grid(quick, ops)
+    probe = BandwidthProbe(64 if quick else 256)
+    probe.measure()
+    for i, case in enumerate(_progress(cases)):
+        measure(case, quick)
+        if i % 4 == 3:
+            probe.measure(1)  # the probe's samples spread over the whole run
+    probe.measure()
+    report = {"machine": _machine(probe.gbps), "rows": rows(cases, probe.gbps)}
+    print(table(report), file=stream)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=1)
+    if plot_path:
+        plot(report, plot_path)
+    return report

@@ -1,0 +1,66 @@
+"""`fastbn bench` as a user runs it: the table, the JSON schema of API.md, the plot."""
+
+import json
+
+import pytest
+
+from fastbn import bench, cli
+
+ROW_KEYS = {"op", "pass", "layout", "dtype", "shape", "backend", "median_s", "gbps",
+            "bandwidth_fraction", "numpy_median_s", "speedup_vs_numpy", "torch_median_s",
+            "speedup_vs_torch"}
+
+
+@pytest.fixture
+def small_grid(monkeypatch):
+    """The real grid code on small shapes, so the test takes a second."""
+    real = bench.grid
+
+    def grid(quick=False, ops=bench.OPS, dtypes=None):
+        cases = real(quick, ops, dtypes)
+        return [c for c in cases if c.nbytes < (1 << 20)]
+
+    monkeypatch.setattr(bench, "grid", grid)
+    monkeypatch.setattr(bench, "BandwidthProbe", lambda mb: _Probe())
+
+
+class _Probe:
+    gbps = 10.0
+
+    def measure(self, repeats=3):
+        pass
+
+
+def test_bench_json_schema_and_table(small_grid, tmp_path, capsys):
+    out = tmp_path / "out.json"
+    assert cli.main(["bench", "--quick", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["machine"]["bandwidth_gbps"] == 10.0
+    assert report["rows"], "no rows"
+    for row in report["rows"]:
+        assert set(row) == ROW_KEYS
+        assert row["median_s"] > 0 and row["speedup_vs_numpy"] > 0
+        assert (row["torch_median_s"] is None) == (row["speedup_vs_torch"] is None)
+    ops = {r["op"] for r in report["rows"]}
+    assert {"batch_norm", "layer_norm", "rms_norm"} <= ops
+    table = capsys.readouterr().out
+    assert "bandwidth probe" in table and "vs numpy" in table
+
+
+def test_bench_ops_filter_and_plot(small_grid, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "bench.png"
+    report = bench.run(quick=True, ops=("layer_norm",), plot_path=str(png))
+    assert {r["op"] for r in report["rows"]} == {"layer_norm"}
+    assert png.stat().st_size > 1000
+
+
+def test_bench_rejects_unknown_ops(capsys):
+    assert cli.main(["bench", "--ops", "nope"]) == 2
+    assert "unknown op" in capsys.readouterr().err
+
+
+def test_bandwidth_probe_measures_something():
+    probe = bench.BandwidthProbe(8)
+    probe.measure(2)
+    assert probe.gbps > 0.1
