@@ -14,7 +14,12 @@ FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 
 
 def is_cuda_array(a) -> bool:
-    return hasattr(a, "__cuda_array_interface__") and not isinstance(a, np.ndarray)
+    """Device arrays: ``__cuda_array_interface__`` (numba, CuPy, torch CUDA), or the
+    CUDA simulator's arrays (which do not carry the interface)."""
+    if isinstance(a, np.ndarray) or a is None:
+        return False
+    return (hasattr(a, "__cuda_array_interface__")
+            or type(a).__module__.startswith("numba.cuda.simulator"))
 
 
 def float_array(a, name: str) -> np.ndarray:

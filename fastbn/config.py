@@ -61,3 +61,26 @@ SHORT_ROW_MAX_BYTES = 1 << 16
 #: Short-row layer/RMS norm backward splits the rows into at most this many
 #: tasks, each with its own (D,) dweight/dbias partials summed in task order.
 ROW_BLOCK_TASKS = 64
+
+
+# --- GPU (numba-cuda) launch configuration ------------------------------------------------
+
+#: Threads per block of every CUDA kernel (at most ``CUDA_MAX_THREADS``).
+#: Tests patch it down (e.g. 8) so small inputs span several blocks.
+THREADS_PER_BLOCK = 256
+
+#: Upper bound on ``THREADS_PER_BLOCK``: the size of the kernels' shared
+#: reduction buffers, fixed when they compile.
+CUDA_MAX_THREADS = 1024
+
+#: Elements of one normalized set that one block reduces (row kernels):
+#: per-thread float32 sums over CUDA_CHUNK / THREADS_PER_BLOCK values, then
+#: float64 across threads and blocks.
+CUDA_CHUNK = 8192
+
+#: Rows of one column tile (column kernels): each thread sums its column
+#: down this many rows.
+CUDA_TILE_ROWS = 64
+
+#: Elementwise kernels launch at most this many blocks per SM (grid-stride loops).
+CUDA_BLOCKS_PER_SM = 8

@@ -39,11 +39,16 @@ __all__ = [
 ]
 
 
-def _no_gpu_yet(*arrays):
-    if any(_checks.is_cuda_array(a) for a in arrays if a is not None):
-        raise TypeError(
-            "GPU arrays (objects with __cuda_array_interface__) are not supported by this "
-            "version of fastbn; pass NumPy arrays")
+def _gpu(module: str):
+    """The GPU implementation module, imported on first use (never at ``import fastbn``)."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"fastbn.cuda.{module}")
+    except ImportError as exc:
+        raise ImportError(
+            "fastbn got GPU arrays, but its CUDA backend needs numba-cuda: "
+            "pip install 'fastbn[cuda]' (pip install numba-cuda)") from exc
 
 
 def batch_norm(
@@ -124,7 +129,10 @@ def batch_norm(
     >>> bool(abs(y.mean()) < 1e-5)
     True
     """
-    _no_gpu_yet(x, weight, bias, running_mean, running_var, out)
+    if _checks.is_cuda_array(x):
+        return _gpu("batch_norm").batch_norm(
+            x, weight, bias, running_mean, running_var, training=training, momentum=momentum,
+            eps=eps, axis=axis, out=out)
     x = _checks.float_array(x, "x")
     ax = _checks.channel_axis(axis, x.ndim, x.shape)
     c = x.shape[ax]
@@ -221,7 +229,9 @@ def batch_norm_backward(
     One pass reads x and dy for both sums, a second writes dx (from cache
     when a channel fits).
     """
-    _no_gpu_yet(dy, x, mean, rstd, weight)
+    if _checks.is_cuda_array(x):
+        return _gpu("batch_norm").batch_norm_backward(dy, x, mean, rstd, weight,
+                                                      training=training, axis=axis)
     x = _checks.float_array(x, "x")
     dy = _checks.float_array(dy, "dy")
     ax = _checks.channel_axis(axis, x.ndim, x.shape)
@@ -253,7 +263,9 @@ def moments(x: np.ndarray, axis: int = 1) -> tuple[int, np.ndarray, np.ndarray]:
     and :func:`moments_to_stats` turns them into ``(mean, rstd, unbiased_var)``.
     ``mean`` and ``m2`` are float64 whatever x's dtype.
     """
-    _no_gpu_yet(x)
+    if _checks.is_cuda_array(x):
+        raise TypeError("moments() takes host (NumPy) arrays; the GPU backend computes "
+                        "statistics inside batch_norm/group_norm/layer_norm")
     x = _checks.float_array(x, "x")
     ax = _checks.channel_axis(axis, x.ndim, x.shape)
     c = x.shape[ax]
@@ -397,7 +409,9 @@ def layer_norm(
     Many short rows run one row per L1-resident step; few long rows are split
     into chunks so every core works on them.
     """
-    _no_gpu_yet(x, weight, bias, out)
+    if _checks.is_cuda_array(x):
+        return _gpu("layer_norm").forward(x, normalized_shape, weight, bias, eps=eps, out=out,
+                                          center=True)
     return _rows_forward(x, normalized_shape, weight, bias, eps, out, True)
 
 
@@ -417,7 +431,9 @@ def layer_norm_backward(
     sum(dy)`` over the leading dims, shape ``normalized_shape`` (float64 for
     float64 x, float32 otherwise).
     """
-    _no_gpu_yet(dy, x, mean, rstd, weight)
+    if _checks.is_cuda_array(x):
+        return _gpu("layer_norm").backward(dy, x, normalized_shape, mean, rstd, weight,
+                                           center=True)
     return _rows_backward(dy, x, normalized_shape, mean, rstd, weight, True)
 
 
@@ -436,7 +452,10 @@ def rms_norm(
     :func:`layer_norm` for the parameters; RMS norm has no bias and no
     centring.
     """
-    _no_gpu_yet(x, weight, out)
+    if _checks.is_cuda_array(x):
+        y, _, rstd = _gpu("layer_norm").forward(x, normalized_shape, weight, None, eps=eps,
+                                                out=out, center=False)
+        return y, rstd
     y, _, rstd = _rows_forward(x, normalized_shape, weight, None, eps, out, False)
     return y, rstd
 
@@ -454,7 +473,10 @@ def rms_norm_backward(
     ``dx = (dy_hat - xhat * sum(dy_hat * xhat) / D) * rstd``,
     ``dweight = sum(dy * xhat)`` over the leading dims.
     """
-    _no_gpu_yet(dy, x, rstd, weight)
+    if _checks.is_cuda_array(x):
+        dx, dweight, _ = _gpu("layer_norm").backward(dy, x, normalized_shape, None, rstd,
+                                                     weight, center=False)
+        return dx, dweight
     dx, dweight, _ = _rows_backward(dy, x, normalized_shape, None, rstd, weight, False)
     return dx, dweight
 
@@ -503,7 +525,9 @@ def group_norm(
     parameters; ``G = C`` is instance norm.  A group must hold more than one
     value.
     """
-    _no_gpu_yet(x, weight, bias, out)
+    if _checks.is_cuda_array(x):
+        return _gpu("group_norm").forward(x, num_groups, weight, bias, eps=eps, axis=axis,
+                                          out=out)
     x = _checks.float_array(x, "x")
     ax = _checks.group_axis(axis, x.shape)
     c = x.shape[ax]
@@ -548,7 +572,8 @@ def group_norm_backward(
     ``dbias`` have shape (C,): ``sum(dy * xhat)`` and ``sum(dy)`` over every
     axis but the channel axis.
     """
-    _no_gpu_yet(dy, x, mean, rstd, weight)
+    if _checks.is_cuda_array(x):
+        return _gpu("group_norm").backward(dy, x, num_groups, mean, rstd, weight, axis=axis)
     x = _checks.float_array(x, "x")
     dy = _checks.same_as_x(dy, x)
     ax = _checks.group_axis(axis, x.shape)
@@ -583,7 +608,7 @@ def instance_norm(
     Returns ``(y, mean, rstd)`` with statistics of shape (N, C).
     """
     x = x if _checks.is_cuda_array(x) else _checks.float_array(x, "x")
-    c = x.shape[_checks.group_axis(axis, x.shape)]
+    c = x.shape[_checks.group_axis(axis, tuple(x.shape))]
     return group_norm(x, c, weight, bias, eps=eps, axis=axis, out=out)
 
 
@@ -598,5 +623,5 @@ def instance_norm_backward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of :func:`instance_norm`: :func:`group_norm_backward` with ``G = C``."""
     x = x if _checks.is_cuda_array(x) else _checks.float_array(x, "x")
-    c = x.shape[_checks.group_axis(axis, x.shape)]
+    c = x.shape[_checks.group_axis(axis, tuple(x.shape))]
     return group_norm_backward(dy, x, c, mean, rstd, weight, axis=axis)

@@ -1,9 +1,17 @@
 """Fixtures: a seeded generator and the kernel configurations every path runs under."""
 
-import numpy as np
-import pytest
+import os
 
-from fastbn import config
+# The GPU tests run on numba-cuda's simulator unless a run asks for the real
+# device (NUMBA_ENABLE_CUDASIM=0). Numba reads this once, on import, so it is
+# set before anything imports numba (so pytest's own configuration, such as
+# filterwarnings, must not name numba classes either).
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from fastbn import config  # noqa: E402
 
 
 @pytest.fixture

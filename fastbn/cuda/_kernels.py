@@ -1,0 +1,424 @@
+r"""CUDA kernels shared by every op: statistics, elementwise passes, gradient sums.
+
+Two views of the data, as on the CPU (:mod:`fastbn.cpu._rows`,
+:mod:`fastbn.cpu._columns`):
+
+* row kernels, ``x3`` of shape ``(A, C, B)``: set ``c`` is the ``A`` runs
+  ``x3[a, c, :]`` of ``B`` contiguous values.  One block reduces one chunk of
+  ``chunk`` values of one set, its threads striding along the runs
+  (coalesced); blocks write per-chunk partials.
+* column kernels, ``x3`` of shape ``(P, Q, K)``: sets are groups of ``R``
+  adjacent columns of one sample ``p`` (channels-last batch norm: ``P = 1``,
+  ``R = 1``; channels-last group norm: ``R = C/G``).  A block is a tile of
+  ``rows`` rows by ``blockDim`` columns; thread ``k`` walks its column down
+  the rows, so a warp reads consecutive addresses.
+
+Statistics: each thread sums ``d = x - shift`` and ``d*d`` in x's dtype over
+its few values (``shift`` = the block's first value), the block adds the
+threads' sums in float64 (:func:`._reduce.block_sum2`), and partials of
+different blocks are merged with Chan's formula in float64, in a fixed order,
+by the finalize kernels.  Gradient sums accumulate in float64 per thread.
+
+Coefficient arrays are in x's dtype so the elementwise passes stay in it:
+forward ``(mean_hi, mean_lo, rstd)``, backward ``(mean_hi, mean_lo, k0, k1,
+k2)`` with ``dx = dy * k0 [* weight] + ((x - hi) - lo) * k1 + k2``.
+"""
+
+import math
+
+from numba import cuda, float64
+
+from .. import config
+from ._reduce import block_sum2
+
+MAX_THREADS = config.CUDA_MAX_THREADS
+
+
+@cuda.jit(device=True)
+def chan_merge(na, mean_a, m2_a, nb, mean_b, m2_b):
+    if nb == 0:
+        return na, mean_a, m2_a
+    if na == 0:
+        return nb, mean_b, m2_b
+    n = na + nb
+    delta = mean_b - mean_a
+    fb = float64(nb) / float64(n)
+    return n, mean_a + delta * fb, m2_a + m2_b + delta * delta * (float64(na) * fb)
+
+
+@cuda.jit(device=True)
+def _finish(mean, m2, total, eps, center):
+    """rstd from moments: variance (centred norms) or mean square (RMS norm)."""
+    if center:
+        return 1.0 / math.sqrt(m2 / total + eps)
+    return 1.0 / math.sqrt(m2 / total + mean * mean + eps)
+
+
+@cuda.jit
+def fill(a, value):
+    i = cuda.grid(1)
+    if i < a.shape[0]:
+        a[i] = value
+
+
+@cuda.jit
+def cast(src, dst):
+    i = cuda.grid(1)
+    if i < src.shape[0]:
+        dst[i] = src[i]
+
+
+# --- statistics ------------------------------------------------------------------------
+
+
+@cuda.jit
+def rows_moments(x3, chunk, zero, pmean, pm2):
+    """Block (c, j) -> (mean, m2) of set ``c``'s values ``j*chunk : (j+1)*chunk``.
+
+    ``zero`` is 0 in x's dtype (per-thread sums stay in it); ``pmean``/``pm2``:
+    (C, chunks) float64.
+    """
+    sa = cuda.shared.array(MAX_THREADS, float64)
+    sb = cuda.shared.array(MAX_THREADS, float64)
+    A, C, B = x3.shape
+    nch = pmean.shape[1]
+    c = cuda.blockIdx.x // nch
+    j = cuda.blockIdx.x % nch
+    v0 = j * chunk
+    v1 = min(v0 + chunk, A * B)
+    shift = x3[v0 // B, c, v0 % B]
+    s1 = zero
+    s2 = zero
+    for v in range(v0 + cuda.threadIdx.x, v1, cuda.blockDim.x):
+        d = x3[v // B, c, v % B] - shift
+        s1 += d
+        s2 += d * d
+    t1, t2 = block_sum2(float64(s1), float64(s2), sa, sb)
+    if cuda.threadIdx.x == 0:
+        n = float64(v1 - v0)
+        pmean[c, j] = float64(shift) + t1 / n
+        pm2[c, j] = max(t2 - t1 * t1 / n, 0.0)
+
+
+@cuda.jit
+def cols_moments(x3, rows, zero, pmean, pm2):
+    """Tile (p, row block, column block) -> per-column (mean, m2) into (P, blocks, K)."""
+    P, Q, K = x3.shape
+    nqb = pmean.shape[1]
+    k = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    p = cuda.blockIdx.y // nqb
+    qb = cuda.blockIdx.y % nqb
+    if k < K:
+        q0 = qb * rows
+        q1 = min(q0 + rows, Q)
+        shift = x3[p, q0, k]
+        s1 = zero
+        s2 = zero
+        for q in range(q0 + 1, q1):
+            d = x3[p, q, k] - shift
+            s1 += d
+            s2 += d * d
+        n = float64(q1 - q0)
+        t1 = float64(s1)
+        pmean[p, qb, k] = float64(shift) + t1 / n
+        pm2[p, qb, k] = max(float64(s2) - t1 * t1 / n, 0.0)
+
+
+@cuda.jit
+def rows_finalize(pmean, pm2, total, chunk, eps, center, mean, m2, rstd, coef):
+    """Thread per set: merge its chunks in order; mean, m2, rstd and (hi, lo, rstd) coef."""
+    c = cuda.grid(1)
+    if c < pmean.shape[0]:
+        n = 0
+        mu = 0.0
+        s = 0.0
+        for j in range(pmean.shape[1]):
+            v0 = j * chunk
+            n, mu, s = chan_merge(n, mu, s, min(v0 + chunk, total) - v0, pmean[c, j], pm2[c, j])
+        r = _finish(mu, s, float64(total), eps, center)
+        mean[c] = mu
+        m2[c] = s
+        rstd[c] = r
+        shift = mu if center else 0.0
+        coef[0, c] = shift
+        coef[1, c] = shift - float64(coef[0, c])
+        coef[2, c] = r
+
+
+@cuda.jit
+def cols_finalize(pmean, pm2, Q, rows, R, eps, mean, m2, rstd, coef):
+    """Thread per (sample, set of ``R`` columns): row blocks in order, then columns."""
+    P, nqb, K = pmean.shape
+    G = K // R
+    t = cuda.grid(1)
+    if t < P * G:
+        p = t // G
+        g = t % G
+        n = 0
+        mu = 0.0
+        s = 0.0
+        for r in range(R):
+            k = g * R + r
+            nc = 0
+            mc = 0.0
+            sc = 0.0
+            for qb in range(nqb):
+                q0 = qb * rows
+                nc, mc, sc = chan_merge(nc, mc, sc, min(q0 + rows, Q) - q0, pmean[p, qb, k],
+                                        pm2[p, qb, k])
+            n, mu, s = chan_merge(n, mu, s, nc, mc, sc)
+        r_ = _finish(mu, s, float64(n), eps, True)
+        mean[t] = mu
+        m2[t] = s
+        rstd[t] = r_
+        coef[0, t] = mu
+        coef[1, t] = mu - float64(coef[0, t])
+        coef[2, t] = r_
+
+
+@cuda.jit
+def running_coef(running_mean, running_var, eps, mean, rstd, coef):
+    """Inference statistics: ``mean = rm``, ``rstd = 1/sqrt(rv + eps)`` and their coef."""
+    c = cuda.grid(1)
+    if c < mean.shape[0]:
+        mu = float64(running_mean[c])
+        r = 1.0 / math.sqrt(float64(running_var[c]) + eps)
+        mean[c] = mu
+        rstd[c] = r
+        coef[0, c] = mu
+        coef[1, c] = mu - float64(coef[0, c])
+        coef[2, c] = r
+
+
+@cuda.jit
+def running_update(running_mean, running_var, mean, m2, m, momentum):
+    """PyTorch's rule with the unbiased variance ``m2 / (m - 1)``, on the device."""
+    c = cuda.grid(1)
+    if c < mean.shape[0]:
+        keep = 1.0 - momentum
+        running_mean[c] = keep * float64(running_mean[c]) + momentum * mean[c]
+        running_var[c] = keep * float64(running_var[c]) + momentum * (m2[c] / (m - 1))
+
+
+# --- forward elementwise ---------------------------------------------------------------
+
+
+@cuda.jit
+def rows_apply(x3, coef, weight, bias, cmod, bdiv, y3):
+    """``y = ((x - hi) - lo) * rstd * w[p] + b[p]``, ``p = ((c % cmod) * B + b) // bdiv``."""
+    A, C, B = x3.shape
+    n = A * C * B
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, n, stride):
+        a = i // (C * B)
+        c = (i // B) % C
+        b = i % B
+        p = ((c % cmod) * B + b) // bdiv
+        y3[a, c, b] = ((x3[a, c, b] - coef[0, c]) - coef[1, c]) * coef[2, c] * weight[p] + bias[p]
+
+
+@cuda.jit
+def cols_apply(x3, coef, R, weight, bias, y3):
+    """Channels-last ``y``: set ``p*G + k // R``, parameters per column ``k``."""
+    P, Q, K = x3.shape
+    G = K // R
+    n = P * Q * K
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, n, stride):
+        p = i // (Q * K)
+        q = (i // K) % Q
+        k = i % K
+        s = p * G + k // R
+        y3[p, q, k] = ((x3[p, q, k] - coef[0, s]) - coef[1, s]) * coef[2, s] * weight[k] + bias[k]
+
+
+# --- gradient sums (float64 per thread) ------------------------------------------------
+
+
+@cuda.jit
+def rows_grad_sums(x3, dy3, mean, weight, cmod, bdiv, chunk, psa, pss):
+    """Block (c, j): ``sum(dy * w[p])`` and ``sum(dy * w[p] * (x - mean[c]))`` over set
+    ``c``'s chunk ``j`` into ``psa``/``pss`` (1, chunks, C)."""
+    sa = cuda.shared.array(MAX_THREADS, float64)
+    sb = cuda.shared.array(MAX_THREADS, float64)
+    A, C, B = x3.shape
+    nch = psa.shape[1]
+    c = cuda.blockIdx.x // nch
+    j = cuda.blockIdx.x % nch
+    v0 = j * chunk
+    v1 = min(v0 + chunk, A * B)
+    mu = mean[c]
+    s1 = 0.0
+    s2 = 0.0
+    for v in range(v0 + cuda.threadIdx.x, v1, cuda.blockDim.x):
+        b = v % B
+        g = float64(dy3[v // B, c, b]) * float64(weight[((c % cmod) * B + b) // bdiv])
+        s1 += g
+        s2 += g * (float64(x3[v // B, c, b]) - mu)
+    t1, t2 = block_sum2(s1, s2, sa, sb)
+    if cuda.threadIdx.x == 0:
+        psa[0, j, c] = t1
+        pss[0, j, c] = t2
+
+
+@cuda.jit
+def cols_grad_sums(x3, dy3, colmean, rows, psdy, psdxc):
+    """Tile: per-column ``sum(dy)`` and ``sum(dy * (x - mean))`` into (P, blocks, K)."""
+    P, Q, K = x3.shape
+    nqb = psdy.shape[1]
+    k = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    p = cuda.blockIdx.y // nqb
+    qb = cuda.blockIdx.y % nqb
+    if k < K:
+        mu = colmean[p, k]
+        s1 = 0.0
+        s2 = 0.0
+        for q in range(qb * rows, min(qb * rows + rows, Q)):
+            g = float64(dy3[p, q, k])
+            s1 += g
+            s2 += g * (float64(x3[p, q, k]) - mu)
+        psdy[p, qb, k] = s1
+        psdxc[p, qb, k] = s2
+
+
+@cuda.jit
+def row_param_sums(x3, dy3, coef, rows, psw, psb):
+    """Layer norm's dweight/dbias partials: per column ``d`` of the (R, D) rows,
+    ``sum(dy * xhat)`` and ``sum(dy)`` over a tile of rows, into (1, blocks, D)."""
+    _, R, D = x3.shape
+    d = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    qb = cuda.blockIdx.y
+    if d < D:
+        s1 = 0.0
+        s2 = 0.0
+        for r in range(qb * rows, min(qb * rows + rows, R)):
+            g = dy3[0, r, d]
+            s1 += float64(g * (((x3[0, r, d] - coef[0, r]) - coef[1, r]) * coef[2, r]))
+            s2 += float64(g)
+        psw[0, qb, d] = s1
+        psb[0, qb, d] = s2
+
+
+@cuda.jit
+def fold_sums(pa, pb, out_a, out_b):
+    """Thread per (p, k): ``out[p*K + k] = sum over blocks of p*[p, :, k]`` in block order."""
+    P, nb, K = pa.shape
+    t = cuda.grid(1)
+    if t < P * K:
+        p = t // K
+        k = t % K
+        a = 0.0
+        b = 0.0
+        for j in range(nb):
+            a += pa[p, j, k]
+            b += pb[p, j, k]
+        out_a[t] = a
+        out_b[t] = b
+
+
+# --- backward coefficients -------------------------------------------------------------
+
+
+@cuda.jit
+def group_grad_coef(mean, rstd, weight, sdy, sdxc, G, m, training, coef):
+    """Thread per (sample, group) of channels: ``coef`` (5, P*C) per (sample, channel).
+
+    ``c1 = rstd * sum_c w[c] sdxc[p, c] / m`` and ``c2 = sum_c w[c] sdy[p, c] / m``
+    over the group's channels; ``dx = dy*(w rstd) + (x - mean)(-rstd^2 c1) - rstd c2``.
+    """
+    C = weight.shape[0]
+    cg = C // G
+    t = cuda.grid(1)
+    if t < mean.shape[0]:
+        p = t // G
+        g = t % G
+        r = rstd[t]
+        a = 0.0
+        s = 0.0
+        for ci in range(g * cg, g * cg + cg):
+            a += weight[ci] * sdy[p * C + ci]
+            s += weight[ci] * sdxc[p * C + ci]
+        c1 = r * s / m if training else 0.0
+        c2 = a / m if training else 0.0
+        for ci in range(g * cg, g * cg + cg):
+            i = p * C + ci
+            coef[0, i] = mean[t]
+            coef[1, i] = mean[t] - float64(coef[0, i])
+            coef[2, i] = weight[ci] * r
+            coef[3, i] = -r * r * c1
+            coef[4, i] = -r * c2
+
+
+@cuda.jit
+def expand_groups(mean, cg, out):
+    """``out[p*C + c] = mean[p*G + c // cg]``: each channel's group mean."""
+    i = cuda.grid(1)
+    if i < out.shape[0]:
+        out[i] = mean[i // cg]
+
+
+@cuda.jit
+def param_grads(sdy, sdxc, rstd, G, dweight, dbias):
+    """Thread per channel: ``dbias = sum_p sdy``, ``dweight = sum_p sdxc * rstd`` in order."""
+    c = cuda.grid(1)
+    C = dweight.shape[0]
+    if c < C:
+        cg = C // G
+        a = 0.0
+        s = 0.0
+        for p in range(sdy.shape[0] // C):
+            a += sdy[p * C + c]
+            s += sdxc[p * C + c] * rstd[p * G + c // cg]
+        dbias[c] = a
+        dweight[c] = s
+
+
+@cuda.jit
+def row_grad_coef(mean, rstd, sa, ss, D, center, coef):
+    """Thread per layer-norm row: (hi, lo, k0, k1, k2) from its two weighted sums."""
+    r = cuda.grid(1)
+    if r < mean.shape[0]:
+        rs = rstd[r]
+        c1 = rs * ss[r] / D
+        c2 = sa[r] / D if center else 0.0
+        coef[0, r] = mean[r]
+        coef[1, r] = mean[r] - float64(coef[0, r])
+        coef[2, r] = rs
+        coef[3, r] = -rs * rs * c1
+        coef[4, r] = -rs * c2
+
+
+# --- backward elementwise --------------------------------------------------------------
+
+
+@cuda.jit
+def rows_grad_apply(x3, dy3, coef, weight, cmod, bdiv, training, dx3):
+    """``dx = dy * k0 * w[p] + ((x - hi) - lo) * k1 + k2`` (``dy * k0 * w[p]`` if frozen)."""
+    A, C, B = x3.shape
+    n = A * C * B
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, n, stride):
+        a = i // (C * B)
+        c = (i // B) % C
+        b = i % B
+        g = dy3[a, c, b] * coef[2, c] * weight[((c % cmod) * B + b) // bdiv]
+        if training:
+            g += ((x3[a, c, b] - coef[0, c]) - coef[1, c]) * coef[3, c] + coef[4, c]
+        dx3[a, c, b] = g
+
+
+@cuda.jit
+def cols_grad_apply(x3, dy3, coef, training, dx3):
+    """Channels-last dx with coefficients per (sample, column): index ``p*K + k``."""
+    P, Q, K = x3.shape
+    n = P * Q * K
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, n, stride):
+        p = i // (Q * K)
+        q = (i // K) % Q
+        k = i % K
+        s = p * K + k
+        g = dy3[p, q, k] * coef[2, s]
+        if training:
+            g += ((x3[p, q, k] - coef[0, s]) - coef[1, s]) * coef[3, s] + coef[4, s]
+        dx3[p, q, k] = g

@@ -1,0 +1,114 @@
+"""Batch normalization on the GPU: the numba-cuda twin of :mod:`fastbn.cpu.batch_norm`.
+
+Channels-first data runs the row kernels on the ``(A, C, B)`` view (blocks
+stride along each channel's contiguous runs); channels-last and 2-D data
+(``B == 1``) run the column kernels on ``(1, A, C)``, a warp reading
+consecutive channels of a row and each thread walking its channel down the
+rows.  Backward: per-channel sums in one phase, elementwise dx in the next.
+
+See Also
+--------
+fastbn.cpu.batch_norm, fastbn.reference.batch_norm_train
+"""
+
+import math
+
+from numba import cuda
+
+from . import _checks as C
+from . import _kernels as K
+from . import _require_gpu, _stats, grid_1d
+
+
+def _view(d_x, ax):
+    shape = tuple(d_x.shape)
+    a, c, b = math.prod(shape[:ax]), shape[ax], math.prod(shape[ax + 1:])
+    return d_x.reshape(a, c, b), (a, c, b)
+
+
+def batch_norm(x, weight, bias, running_mean, running_var, *, training, momentum, eps, axis,
+               out):
+    _require_gpu()
+    d_x = C.float_device(x, "x")
+    ax = C.channel_axis(axis, len(d_x.shape), tuple(d_x.shape))
+    d_x3, (a, c, b) = _view(d_x, ax)
+    d_w = C.vector(weight, "weight", (c,), d_x)
+    d_b = C.vector(bias, "bias", (c,), d_x)
+    d_rm = C.vector(running_mean, "running_mean", (c,), d_x)
+    d_rv = C.vector(running_var, "running_var", (c,), d_x)
+    if (d_rm is None) != (d_rv is None):
+        raise ValueError("pass both running_mean and running_var or neither")
+    if not training and d_rm is None:
+        raise ValueError("running_mean and running_var are required when training=False")
+    eps = C.positive_eps(eps)
+    momentum = C.unit_momentum(momentum)
+    if training and a * b <= 1:
+        raise ValueError("expected more than 1 value per channel when training; got x of "
+                         f"shape {tuple(d_x.shape)}")
+    d_out = C.output(out, d_x)
+    dtype = d_x.dtype
+    d_w = d_w if d_w is not None else _stats.full(c, 1.0, dtype)
+    d_b = d_b if d_b is not None else _stats.full(c, 0.0, dtype)
+    d_y = d_out if d_out is not None else cuda.device_array(tuple(d_x.shape), dtype)
+    d_y3 = d_y.reshape(a, c, b)
+    if training:
+        if b == 1:
+            d_xc = d_x3.reshape(1, a, c)
+            d_mean, d_m2, d_rstd, d_coef = _stats.cols_stats(d_xc, 1, eps)
+        else:
+            d_mean, d_m2, d_rstd, d_coef = _stats.rows_stats(d_x3, eps, True)
+        if d_rm is not None:
+            K.running_update[grid_1d(c)](d_rm, d_rv, d_mean, d_m2, a * b, momentum)
+    else:
+        d_mean, d_rstd = cuda.device_array(c), cuda.device_array(c)
+        d_coef = cuda.device_array((3, c), dtype)
+        K.running_coef[grid_1d(c)](d_rm, d_rv, eps, d_mean, d_rstd, d_coef)
+    if b == 1:
+        _stats.cols_apply(d_x3.reshape(1, a, c), d_coef, 1, d_w, d_b, d_y3.reshape(1, a, c))
+    else:
+        _stats.rows_apply(d_x3, d_coef, d_w, d_b, c, b, d_y3)
+    return d_y, _cast(d_mean, dtype), _cast(d_rstd, dtype)
+
+
+def _cast(d, dtype):
+    if d.dtype == dtype:
+        return d
+    out = cuda.device_array(d.shape, dtype)
+    K.cast[grid_1d(d.shape[0])](d, out)
+    return out
+
+
+def batch_norm_backward(dy, x, mean, rstd, weight, *, training, axis):
+    _require_gpu()
+    d_x = C.float_device(x, "x")
+    d_dy = C.same_as(dy, d_x, "dy")
+    ax = C.channel_axis(axis, len(d_x.shape), tuple(d_x.shape))
+    d_x3, (a, c, b) = _view(d_x, ax)
+    d_mean = C.vector(mean, "mean", (c,), d_x)
+    d_rstd = C.vector(rstd, "rstd", (c,), d_x)
+    d_w = C.vector(weight, "weight", (c,), d_x)
+    dtype = d_x.dtype
+    d_w = d_w if d_w is not None else _stats.full(c, 1.0, dtype)
+    d_dx = cuda.device_array(tuple(d_x.shape), dtype)
+    one = _stats.full(1, 1.0, dtype)
+    if b == 1:
+        d_xc, d_dyc = d_x3.reshape(1, a, c), d_dy.reshape(1, a, c)
+        d_sdy, d_sdxc = _stats.cols_grad_sums(d_xc, d_dyc, d_mean.reshape(1, c))
+    else:
+        d_sdy, d_sdxc = _stats.rows_grad_sums(d_x3, d_dy.reshape(a, c, b), d_mean, one, 1, b)
+    d_coef = cuda.device_array((5, c), dtype)
+    K.group_grad_coef[grid_1d(c)](d_mean, d_rstd, d_w, d_sdy, d_sdxc, c, float(a * b),
+                                  bool(training), d_coef)
+    d_dw, d_db = cuda.device_array(c, dtype), cuda.device_array(c, dtype)
+    K.param_grads[grid_1d(c)](d_sdy, d_sdxc, d_rstd, c, d_dw, d_db)
+    if b == 1:
+        K.cols_grad_apply[_stats.grid_stride(d_x.size)](
+            d_x3.reshape(1, a, c), d_dy.reshape(1, a, c), d_coef, bool(training),
+            d_dx.reshape(1, a, c))
+    else:
+        K.rows_grad_apply[_stats.grid_stride(d_x.size)](
+            d_x3, d_dy.reshape(a, c, b), d_coef, one, 1, b, bool(training), d_dx.reshape(a, c, b))
+    return d_dx, d_dw, d_db
+
+
+__all__ = ["batch_norm", "batch_norm_backward"]
