@@ -246,3 +246,12 @@ def group_axis(axis, x_shape) -> int:
             f"axis must be 1 (N, C, *spatial) or -1 (N, *spatial, C) for group norm; got {axis} "
             f"for x of shape {tuple(x_shape)}")
     return ax
+
+
+def activation(activation) -> bool:
+    """The fused epilogue's activation: True for ReLU, False for none."""
+    if activation is None:
+        return False
+    if activation == "relu":
+        return True
+    raise ValueError(f"activation must be None or 'relu'; got {activation!r}")

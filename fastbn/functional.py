@@ -63,6 +63,8 @@ def batch_norm(
     eps: float = 1e-5,
     axis: int = 1,
     out: np.ndarray | None = None,
+    activation: str | None = None,
+    residual: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""Batch normalization over every axis of ``x`` but the channel axis.
 
@@ -86,6 +88,11 @@ def batch_norm(
         The channel axis.
     out : ndarray, optional
         Where to write y (x's shape and dtype, writeable).  ``out=x`` is allowed.
+    activation : {None, "relu"}
+        Fused epilogue: ``y = act(bn(x) + residual)`` in the same pass over
+        memory (the tutorial's Dense -> BN -> ReLU placement).
+    residual : ndarray, optional
+        Added before the activation (residual blocks); x's shape and dtype.
 
     Returns
     -------
@@ -132,7 +139,7 @@ def batch_norm(
     if _checks.is_cuda_array(x):
         return _gpu("batch_norm").batch_norm(
             x, weight, bias, running_mean, running_var, training=training, momentum=momentum,
-            eps=eps, axis=axis, out=out)
+            eps=eps, axis=axis, out=out, activation=activation, residual=residual)
     x = _checks.float_array(x, "x")
     ax = _checks.channel_axis(axis, x.ndim, x.shape)
     c = x.shape[ax]
@@ -147,6 +154,8 @@ def batch_norm(
             "expected more than 1 value per channel when training; "
             f"got x of shape {x.shape} with {c} channels along axis {axis}")
     out = _checks.output(out, x.shape, x.dtype)
+    relu = _checks.activation(activation)
+    res = None if residual is None else _checks.same_as_x(residual, x, "residual")
     sdtype = _checks.stats_dtype(x.dtype)
 
     if not training:
@@ -157,13 +166,15 @@ def batch_norm(
                 mean.astype(sdtype), rstd.astype(sdtype)
         x3 = _checks.as_3d(x, ax)
         y3 = _checks.result_buffer(out, x3, x)
-        _cpu_bn.forward_apply(x3, mean, rstd, w, b, y3)
+        res3 = None if res is None else _checks.as_3d(res, ax)
+        _cpu_bn.forward_apply(x3, mean, rstd, w, b, y3, res3, relu)
         return _checks.deliver(y3, out, x.shape, x.dtype), mean.astype(sdtype), \
             rstd.astype(sdtype)
 
     x3 = _checks.as_3d(x, ax)
     y3 = _checks.result_buffer(out, x3, x)
-    mean, m2, rstd = _cpu_bn.forward_train(x3, w, b, eps, y3)
+    res3 = None if res is None else _checks.as_3d(res, ax)
+    mean, m2, rstd = _cpu_bn.forward_train(x3, w, b, eps, y3, res3, relu)
     if running_mean is not None:
         _update_running(running_mean, running_var, mean, m2, m, momentum)
     return _checks.deliver(y3, out, x.shape, x.dtype), mean.astype(sdtype), rstd.astype(sdtype)
@@ -187,6 +198,9 @@ def batch_norm_backward(
     *,
     training: bool = True,
     axis: int = 1,
+    activation: str | None = None,
+    y: np.ndarray | None = None,
+    dresidual: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""Gradients of :func:`batch_norm` with respect to x, weight and bias.
 
@@ -205,6 +219,14 @@ def batch_norm_backward(
         frozen-statistics gradient ``dx = dy * weight * rstd``.
     axis : int
         The channel axis used in the forward call.
+    activation : {None, "relu"}
+        The forward's fused activation; ``"relu"`` needs ``y``.
+    y : ndarray, optional
+        The forward's saved output: ``dy`` is masked by ``y > 0`` on the fly.
+    dresidual : ndarray, optional
+        If given (x's shape and dtype, writeable), receives the gradient with
+        respect to the forward's ``residual`` (``dy`` after the activation's
+        mask), written in the same pass as ``dx``.
 
     Returns
     -------
@@ -230,8 +252,9 @@ def batch_norm_backward(
     when a channel fits).
     """
     if _checks.is_cuda_array(x):
-        return _gpu("batch_norm").batch_norm_backward(dy, x, mean, rstd, weight,
-                                                      training=training, axis=axis)
+        return _gpu("batch_norm").batch_norm_backward(
+            dy, x, mean, rstd, weight, training=training, axis=axis, activation=activation, y=y,
+            dresidual=dresidual)
     x = _checks.float_array(x, "x")
     dy = _checks.float_array(dy, "dy")
     ax = _checks.channel_axis(axis, x.ndim, x.shape)
@@ -243,6 +266,11 @@ def batch_norm_backward(
     mean64 = _checks.channel_vector(mean, "mean", c, x.shape)
     rstd64 = _checks.channel_vector(rstd, "rstd", c, x.shape)
     w = _checks.channel_vector(weight, "weight", c, x.shape, default=1.0)
+    relu = _checks.activation(activation)
+    if relu and y is None:
+        raise ValueError("activation='relu' needs y, the forward's saved output, for the mask")
+    y = None if y is None else _checks.same_as_x(y, x, "y")
+    dresidual = _checks.output(dresidual, x.shape, x.dtype, "dresidual")
     sdtype = _checks.stats_dtype(x.dtype)
     if x.size == 0:
         return np.zeros(x.shape, x.dtype), np.zeros(c, sdtype), np.zeros(c, sdtype)
@@ -250,7 +278,12 @@ def batch_norm_backward(
     x3 = _checks.as_3d(x, ax)
     dy3 = _checks.as_3d(dy, ax)
     dx3 = np.empty_like(x3)
-    dweight, dbias = _cpu_bn.backward(dy3, x3, mean64, rstd64, w, bool(training), dx3)
+    y3 = None if y is None else _checks.as_3d(y, ax)
+    dres3 = None if dresidual is None else _checks.result_buffer(dresidual, x3, x)
+    dweight, dbias = _cpu_bn.backward(dy3, x3, mean64, rstd64, w, bool(training), dx3, y3, relu,
+                                      dres3)
+    if dresidual is not None:
+        _checks.deliver(dres3, dresidual, x.shape, x.dtype)
     return dx3.reshape(x.shape).astype(x.dtype, copy=False), dweight.astype(sdtype), \
         dbias.astype(sdtype)
 

@@ -242,3 +242,24 @@ def test_cupy_and_torch_interop(rng):  # pragma: no cover - hardware only
         t = lib.asarray(x) if mod == "cupy" else lib.from_numpy(x).cuda()
         y, _, _ = fastbn.batch_norm(t)
         np.testing.assert_allclose(h(y), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,axis", [((4, 3, 5, 2), 1), ((5, 2, 3), -1)], ids=str)
+def test_batch_norm_epilogue(rng, shape, axis):
+    x = rng.normal(size=shape)
+    res = rng.normal(size=shape)
+    dy = rng.normal(size=shape)
+    c = shape[axis]
+    w, b = rng.normal(1, 0.3, c), rng.normal(0, 0.3, c)
+    y, mean, rstd = fastbn.batch_norm(d(x), d(w), d(b), axis=axis, activation="relu",
+                                      residual=d(res))
+    y_ref = np.maximum(reference.batch_norm_train(x, w, b, axis=axis)[0] + res, 0)
+    assert_close(h(y), y_ref, np.float64)
+    d_dres = cuda.device_array_like(x)
+    dx, dw, db = fastbn.batch_norm_backward(d(dy), d(x), mean, rstd, d(w), axis=axis,
+                                            activation="relu", y=y, dresidual=d_dres)
+    g = dy * (y_ref > 0)
+    dx_ref, dw_ref, _ = reference.batch_norm_backward_train(g, x, h(mean), h(rstd), w, axis=axis)
+    assert_close(h(dx), dx_ref, np.float64, scale=4)
+    assert_close(h(dw), dw_ref, np.float64, scale=4)
+    np.testing.assert_array_equal(h(d_dres), g)

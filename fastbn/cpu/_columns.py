@@ -112,17 +112,35 @@ def fold_sample(colmean, colm2, A, B, mean, m2):
 
 
 @worker
-def block_apply(x3, n, r0, r1, k0, k1, coef, y3):
-    """``y = ((x - mean_hi) - mean_lo) * scale + bias`` on a block, coef (4, N, K)."""
+def block_apply(x3, n, r0, r1, k0, k1, coef, y3, res3, has_res, relu):
+    """``y = act(((x - mean_hi) - mean_lo) * scale + bias [+ residual])`` on a block.
+
+    coef (4, N, K); ``act`` is ReLU when ``relu`` (NaN stays NaN).
+    """
     hi = coef[0, n, k0:k1]
     lo = coef[1, n, k0:k1]
     scale = coef[2, n, k0:k1]
     bias = coef[3, n, k0:k1]
+    zero = coef[0, n, k0] - coef[0, n, k0]
     for r in range(r0, r1):
         xr = x3[n, r, k0:k1]
         yr = y3[n, r, k0:k1]
-        for k in range(xr.size):
-            yr[k] = ((xr[k] - hi[k]) - lo[k]) * scale[k] + bias[k]
+        if has_res:
+            rr = res3[n, r, k0:k1]
+            if relu:
+                for k in range(xr.size):
+                    t = ((xr[k] - hi[k]) - lo[k]) * scale[k] + bias[k] + rr[k]
+                    yr[k] = zero if t < zero else t
+            else:
+                for k in range(xr.size):
+                    yr[k] = ((xr[k] - hi[k]) - lo[k]) * scale[k] + bias[k] + rr[k]
+        elif relu:
+            for k in range(xr.size):
+                t = ((xr[k] - hi[k]) - lo[k]) * scale[k] + bias[k]
+                yr[k] = zero if t < zero else t
+        else:
+            for k in range(xr.size):
+                yr[k] = ((xr[k] - hi[k]) - lo[k]) * scale[k] + bias[k]
 
 
 @driver
@@ -159,7 +177,7 @@ def cols_fold(colmean, colm2, A, B, mean, m2):
 
 
 @driver
-def cols_apply(x3, coef, rows, width, y3):
+def cols_apply(x3, coef, rows, width, y3, res3, has_res, relu):
     """Elementwise :func:`block_apply` over (sample, row block, column block) tasks."""
     N, A, K = x3.shape
     nrb = (A + rows - 1) // rows
@@ -169,13 +187,22 @@ def cols_apply(x3, coef, rows, width, y3):
         rb = (t // ncb) % nrb
         k0 = (t % ncb) * width
         block_apply(x3, n, rb * rows, min(rb * rows + rows, A), k0, min(k0 + width, K), coef,
-                    y3)
+                    y3, res3, has_res, relu)
 
 
 @worker
-def block_grad_sums(x3, dy3, n, r0, r1, k0, k1, mu, s1, s2):
-    """``sum(dy)`` and ``sum(dy * (x - mu))`` of columns ``k0:k1`` over rows ``r0:r1``,
-    four rows per sweep (see :func:`block_moments`)."""
+def _masked(g, y, relu):
+    """``g``, or 0 where the forward's ReLU output ``y`` was not positive."""
+    if relu and not y > 0:
+        return g - g
+    return g
+
+
+@worker
+def block_grad_sums(x3, dy3, n, r0, r1, k0, k1, mu, s1, s2, y3, relu):
+    """``sum(g)`` and ``sum(g * (x - mu))`` of columns ``k0:k1`` over rows ``r0:r1``,
+    four rows per sweep (see :func:`block_moments`); ``g = dy`` masked by the
+    forward's ReLU when ``relu``."""
     s1[:] = 0.0
     s2[:] = 0.0
     r = r0
@@ -188,12 +215,16 @@ def block_grad_sums(x3, dy3, n, r0, r1, k0, k1, mu, s1, s2):
         gb = dy3[n, r + 1, k0:k1]
         gc = dy3[n, r + 2, k0:k1]
         gd = dy3[n, r + 3, k0:k1]
+        ya = y3[n, r, k0:k1]
+        yb = y3[n, r + 1, k0:k1]
+        yc = y3[n, r + 2, k0:k1]
+        yd = y3[n, r + 3, k0:k1]
         for k in range(xa.size):
             m = mu[k]
-            a = np.float64(ga[k])
-            b = np.float64(gb[k])
-            c = np.float64(gc[k])
-            d = np.float64(gd[k])
+            a = np.float64(_masked(ga[k], ya[k], relu))
+            b = np.float64(_masked(gb[k], yb[k], relu))
+            c = np.float64(_masked(gc[k], yc[k], relu))
+            d = np.float64(_masked(gd[k], yd[k], relu))
             s1[k] += (a + b) + (c + d)
             s2[k] += ((a * (np.float64(xa[k]) - m) + b * (np.float64(xb[k]) - m))
                       + (c * (np.float64(xc[k]) - m) + d * (np.float64(xd[k]) - m)))
@@ -201,15 +232,16 @@ def block_grad_sums(x3, dy3, n, r0, r1, k0, k1, mu, s1, s2):
     while r < r1:
         xr = x3[n, r, k0:k1]
         gr = dy3[n, r, k0:k1]
+        yr = y3[n, r, k0:k1]
         for k in range(xr.size):
-            g = np.float64(gr[k])
+            g = np.float64(_masked(gr[k], yr[k], relu))
             s1[k] += g
             s2[k] += g * (np.float64(xr[k]) - mu[k])
         r += 1
 
 
 @driver
-def cols_grad_sums(x3, dy3, colmean, rows, width, psdy, psdxc):
+def cols_grad_sums(x3, dy3, colmean, rows, width, psdy, psdxc, y3, relu):
     """Per (sample, row block, column) ``sum(dy)``, ``sum(dy * (x - mean))``.
 
     ``colmean``: (N, K) float64 mean of each column's group; ``psdy``/``psdxc``:
@@ -224,7 +256,7 @@ def cols_grad_sums(x3, dy3, colmean, rows, width, psdy, psdxc):
         k0 = (t % ncb) * width
         k1 = min(k0 + width, K)
         block_grad_sums(x3, dy3, n, rb * rows, min(rb * rows + rows, A), k0, k1,
-                        colmean[n, k0:k1], psdy[n, rb, k0:k1], psdxc[n, rb, k0:k1])
+                        colmean[n, k0:k1], psdy[n, rb, k0:k1], psdxc[n, rb, k0:k1], y3, relu)
 
 
 @worker
@@ -248,10 +280,11 @@ def cols_grad_fold(psdy, psdxc, B, sdy, sdxc):
 
 
 @driver
-def cols_grad_apply(x3, dy3, coef, rows, width, training, dx3):
-    """Elementwise ``dx = dy * k0 + ((x - mean_hi) - mean_lo) * k1 + k2``, coef (5, N, K).
+def cols_grad_apply(x3, dy3, coef, rows, width, training, dx3, y3, relu, dres3, has_dres):
+    """Elementwise ``dx = g * k0 + ((x - mean_hi) - mean_lo) * k1 + k2``, coef (5, N, K).
 
-    With ``training=False`` only ``dx = dy * k0`` (x is not read).
+    ``g`` is ``dy`` masked by the forward's ReLU when ``relu`` and is written
+    to ``dres3`` when ``has_dres``; with ``training=False`` only ``dx = g * k0``.
     """
     N, A, K = x3.shape
     nrb = (A + rows - 1) // rows
@@ -270,7 +303,16 @@ def cols_grad_apply(x3, dy3, coef, rows, width, training, dx3):
             xr = x3[n, r, k0:k1]
             dr = dy3[n, r, k0:k1]
             gr = dx3[n, r, k0:k1]
-            if training:
+            if relu or has_dres:
+                yr = y3[n, r, k0:k1]
+                rr = dres3[n, r, k0:k1]
+                for k in range(xr.size):
+                    g = _masked(dr[k], yr[k], relu)
+                    if has_dres:
+                        rr[k] = g
+                    gr[k] = g * c0[k] + (((xr[k] - hi[k]) - lo[k]) * c1[k] + c2[k]
+                                         if training else g - g)
+            elif training:
                 for k in range(xr.size):
                     gr[k] = dr[k] * c0[k] + ((xr[k] - hi[k]) - lo[k]) * c1[k] + c2[k]
             else:

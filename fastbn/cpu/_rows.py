@@ -53,8 +53,18 @@ def chunk_moments(x3, c, v0, v1):
 
 
 @worker
-def chunk_grad_sums(x3, dy3, c, v0, v1, mean):
-    """(sum(dy), sum(dy * (x - mean))) over channel ``c``'s values ``v0:v1``."""
+def _relu_mask(g, y):
+    """``g`` where the forward's ReLU passed (``y > 0``), else 0 (NaN ``y`` gives 0)."""
+    return g if y > 0 else g - g
+
+
+@worker
+def chunk_grad_sums(x3, dy3, c, v0, v1, mean, y3, relu):
+    """(sum(g), sum(g * (x - mean))) over channel ``c``'s values ``v0:v1``.
+
+    ``g = dy``, or ``dy * (y > 0)`` when the forward applied a ReLU (``relu``)
+    whose output ``y3`` was saved.
+    """
     B = x3.shape[2]
     sdy = 0.0
     sdxc = 0.0
@@ -65,22 +75,33 @@ def chunk_grad_sums(x3, dy3, c, v0, v1, mean):
         b1 = min(B, b0 + (v1 - v))
         xr = x3[a, c, b0:b1]
         dr = dy3[a, c, b0:b1]
-        for i in range(xr.size):
-            g = np.float64(dr[i])
-            sdy += g
-            sdxc += g * (np.float64(xr[i]) - mean)
+        if relu:
+            yr = y3[a, c, b0:b1]
+            for i in range(xr.size):
+                g = np.float64(_relu_mask(dr[i], yr[i]))
+                sdy += g
+                sdxc += g * (np.float64(xr[i]) - mean)
+        else:
+            for i in range(xr.size):
+                g = np.float64(dr[i])
+                sdy += g
+                sdxc += g * (np.float64(xr[i]) - mean)
         v += b1 - b0
     return sdy, sdxc
 
 
 @worker
-def chunk_apply(x3, y3, coef, c, v0, v1):
-    """``y = ((x - mean_hi) - mean_lo) * scale + bias`` over channel ``c``'s ``v0:v1``."""
+def chunk_apply(x3, y3, coef, c, v0, v1, res3, has_res, relu):
+    """``y = act(((x - mean_hi) - mean_lo) * scale + bias [+ residual])`` over ``v0:v1``.
+
+    ``act`` is ReLU when ``relu`` (NaN stays NaN), else the identity.
+    """
     B = x3.shape[2]
     hi = coef[0, c]
     lo = coef[1, c]
     scale = coef[2, c]
     bias = coef[3, c]
+    zero = lo - lo
     v = v0
     while v < v1:
         a = v // B
@@ -88,14 +109,32 @@ def chunk_apply(x3, y3, coef, c, v0, v1):
         b1 = min(B, b0 + (v1 - v))
         xr = x3[a, c, b0:b1]
         yr = y3[a, c, b0:b1]
-        for i in range(xr.size):
-            yr[i] = ((xr[i] - hi) - lo) * scale + bias
+        if has_res:
+            rr = res3[a, c, b0:b1]
+            if relu:
+                for i in range(xr.size):
+                    t = ((xr[i] - hi) - lo) * scale + bias + rr[i]
+                    yr[i] = zero if t < zero else t
+            else:
+                for i in range(xr.size):
+                    yr[i] = ((xr[i] - hi) - lo) * scale + bias + rr[i]
+        elif relu:
+            for i in range(xr.size):
+                t = ((xr[i] - hi) - lo) * scale + bias
+                yr[i] = zero if t < zero else t
+        else:
+            for i in range(xr.size):
+                yr[i] = ((xr[i] - hi) - lo) * scale + bias
         v += b1 - b0
 
 
 @worker
-def chunk_grad_apply(x3, dy3, dx3, coef, c, v0, v1, training):
-    """``dx = dy * k0 + ((x - mean_hi) - mean_lo) * k1 + k2`` (``dy * k0`` if frozen)."""
+def chunk_grad_apply(x3, dy3, dx3, coef, c, v0, v1, training, y3, relu, dres3, has_dres):
+    """``dx = g * k0 + ((x - mean_hi) - mean_lo) * k1 + k2`` (``g * k0`` if frozen).
+
+    ``g`` is ``dy`` masked by the forward's ReLU when ``relu``; with
+    ``has_dres`` it is also written to ``dres3`` (the residual's gradient).
+    """
     B = x3.shape[2]
     hi = coef[0, c]
     lo = coef[1, c]
@@ -110,7 +149,15 @@ def chunk_grad_apply(x3, dy3, dx3, coef, c, v0, v1, training):
         xr = x3[a, c, b0:b1]
         dr = dy3[a, c, b0:b1]
         gr = dx3[a, c, b0:b1]
-        if training:
+        if relu or has_dres:
+            yr = y3[a, c, b0:b1]
+            rr = dres3[a, c, b0:b1]
+            for i in range(xr.size):
+                g = _relu_mask(dr[i], yr[i]) if relu else dr[i]
+                if has_dres:
+                    rr[i] = g
+                gr[i] = g * k0 + (((xr[i] - hi) - lo) * k1 + k2 if training else g - g)
+        elif training:
             for i in range(xr.size):
                 gr[i] = dr[i] * k0 + ((xr[i] - hi) - lo) * k1 + k2
         else:
@@ -134,13 +181,13 @@ def channel_moments(x3, c, chunk):
 
 
 @worker
-def channel_grad_sums(x3, dy3, c, chunk, mean):
+def channel_grad_sums(x3, dy3, c, chunk, mean, y3, relu):
     """(sum(dy), sum(dy * (x - mean))) of channel ``c``, chunk sums added in order."""
     total = x3.shape[0] * x3.shape[2]
     sdy = 0.0
     sdxc = 0.0
     for v0 in range(0, total, chunk):
-        a, b = chunk_grad_sums(x3, dy3, c, v0, min(v0 + chunk, total), mean)
+        a, b = chunk_grad_sums(x3, dy3, c, v0, min(v0 + chunk, total), mean, y3, relu)
         sdy += a
         sdxc += b
     return sdy, sdxc
@@ -158,6 +205,9 @@ def rows_forward_fused(
     mean,     # (C,) float64 out
     m2,       # (C,) float64 out: sum of squared deviations
     rstd,     # (C,) float64 out
+    res3,     # (A, C, B) residual added before the activation (ignored unless has_res)
+    has_res,  # bool
+    relu,     # bool: apply a ReLU to the output
 ):
     """Training forward, one channel per task: statistics, then y from cache."""
     C = x3.shape[1]
@@ -169,7 +219,7 @@ def rows_forward_fused(
         m2[c] = s
         rstd[c] = r
         set_forward_coef(coef, c, mu, r, weight[c], bias[c])
-        chunk_apply(x3, y3, coef, c, 0, total)
+        chunk_apply(x3, y3, coef, c, 0, total, res3, has_res, relu)
 
 
 @driver
@@ -201,15 +251,15 @@ def rows_merge(pmean, pm2, total, chunk, mean, m2):
 
 
 @driver
-def rows_apply(x3, coef, chunk, y3):
-    """Elementwise ``y = ((x - mean_hi) - mean_lo) * scale + bias`` over fixed chunks."""
+def rows_apply(x3, coef, chunk, y3, res3, has_res, relu):
+    """Elementwise :func:`chunk_apply` over fixed chunks."""
     C = x3.shape[1]
     total = x3.shape[0] * x3.shape[2]
     nch = (total + chunk - 1) // chunk
     for t in prange(C * nch):
         c = t // nch
         v0 = (t - c * nch) * chunk
-        chunk_apply(x3, y3, coef, c, v0, min(v0 + chunk, total))
+        chunk_apply(x3, y3, coef, c, v0, min(v0 + chunk, total), res3, has_res, relu)
 
 
 @driver
@@ -225,21 +275,25 @@ def rows_backward_fused(
     dx3,       # (A, C, B) output
     dweight,   # (C,) float64 out
     dbias,     # (C,) float64 out
+    y3,        # (A, C, B) saved forward output (read when relu)
+    relu,      # bool: the forward applied a ReLU; mask dy by y > 0
+    dres3,     # (A, C, B) residual gradient out (written when has_dres)
+    has_dres,  # bool
 ):
     """Backward, one channel per task: both sums, then dx with x and dy from cache."""
     C = x3.shape[1]
     total = x3.shape[0] * x3.shape[2]
     for c in prange(C):
-        sdy, sdxc = channel_grad_sums(x3, dy3, c, chunk, mean[c])
+        sdy, sdxc = channel_grad_sums(x3, dy3, c, chunk, mean[c], y3, relu)
         dbias[c] = sdy
         dweight[c] = sdxc * rstd[c]
         k0, k1, k2 = grad_coef(mean[c], rstd[c], weight[c], sdy, sdxc, total, training)
         set_backward_coef(coef, c, mean[c], k0, k1, k2)
-        chunk_grad_apply(x3, dy3, dx3, coef, c, 0, total, training)
+        chunk_grad_apply(x3, dy3, dx3, coef, c, 0, total, training, y3, relu, dres3, has_dres)
 
 
 @driver
-def rows_grad_sums(x3, dy3, mean, chunk, psdy, psdxc):
+def rows_grad_sums(x3, dy3, mean, chunk, psdy, psdxc, y3, relu):
     """Per-chunk gradient sums into ``psdy``/``psdxc`` of shape (chunks per channel, C).
 
     The (chunk, channel) layout is that of the column kernels' partials, so
@@ -254,11 +308,11 @@ def rows_grad_sums(x3, dy3, mean, chunk, psdy, psdxc):
         j = t - c * nch
         v0 = j * chunk
         psdy[j, c], psdxc[j, c] = chunk_grad_sums(
-            x3, dy3, c, v0, min(v0 + chunk, total), mean[c])
+            x3, dy3, c, v0, min(v0 + chunk, total), mean[c], y3, relu)
 
 
 @driver
-def rows_grad_apply(x3, dy3, coef, chunk, training, dx3):
+def rows_grad_apply(x3, dy3, coef, chunk, training, dx3, y3, relu, dres3, has_dres):
     """Elementwise dx over fixed chunks, coefficients from ``coef`` (5, C)."""
     C = x3.shape[1]
     total = x3.shape[0] * x3.shape[2]
@@ -266,4 +320,5 @@ def rows_grad_apply(x3, dy3, coef, chunk, training, dx3):
     for t in prange(C * nch):
         c = t // nch
         v0 = (t - c * nch) * chunk
-        chunk_grad_apply(x3, dy3, dx3, coef, c, v0, min(v0 + chunk, total), training)
+        chunk_grad_apply(x3, dy3, dx3, coef, c, v0, min(v0 + chunk, total), training, y3, relu,
+                         dres3, has_dres)

@@ -161,8 +161,9 @@ def moments(x3):
     return mean, m2
 
 
-def forward_train(x3, weight, bias, eps, y3):
-    """Training forward into ``y3``; returns float64 ``(mean, m2, rstd)``."""
+def forward_train(x3, weight, bias, eps, y3, res3=None, relu=False):
+    """Training forward into ``y3`` (epilogue: ``+ res3``, ReLU); returns float64
+    ``(mean, m2, rstd)``."""
     a, c, b = x3.shape
     m = a * b
     rstd = np.empty(c)
@@ -170,60 +171,72 @@ def forward_train(x3, weight, bias, eps, y3):
         mean = np.empty(c)
         m2 = np.empty(c)
         coef = np.empty((4, c), x3.dtype)
+        has_res = res3 is not None
         rows_forward_fused(x3.size, x3, weight, bias, eps, config.CHUNK_ELEMENTS, coef, y3,
-                           mean, m2, rstd)
+                           mean, m2, rstd, res3 if has_res else x3, has_res, relu)
         return mean, m2, rstd
     mean, m2 = moments(x3)
     finish_stats(mean, m2, m, eps, rstd)
-    forward_apply(x3, mean, rstd, weight, bias, y3)
+    forward_apply(x3, mean, rstd, weight, bias, y3, res3, relu)
     return mean, m2, rstd
 
 
-def forward_apply(x3, mean, rstd, weight, bias, y3):
-    """``y = (x - mean) * rstd * weight + bias`` with given float64 per-channel stats."""
+def forward_apply(x3, mean, rstd, weight, bias, y3, res3=None, relu=False):
+    """``y = act((x - mean) * rstd * weight + bias [+ res3])`` with given float64 stats."""
     a, c, b = x3.shape
+    has_res = res3 is not None
+    res3 = res3 if has_res else x3
     if _uses_rows(x3):
         coef = np.empty((4, c), x3.dtype)
         forward_coef(mean, rstd, weight, bias, 1, coef)
-        rows_apply(x3.size, x3, coef, config.CHUNK_ELEMENTS, y3)
+        rows_apply(x3.size, x3, coef, config.CHUNK_ELEMENTS, y3, res3, has_res, relu)
     else:
         xc, rows, width, _ = _columns(x3)
         coef = np.empty((4, 1, c * b), x3.dtype)
         forward_coef(mean, rstd, weight, bias, b, coef[:, 0])
-        cols_apply(x3.size, xc, coef, rows, width, y3.reshape(xc.shape))
+        cols_apply(x3.size, xc, coef, rows, width, y3.reshape(xc.shape), res3.reshape(xc.shape),
+                   has_res, relu)
 
 
-def backward(dy3, x3, mean, rstd, weight, training, dx3):
-    """dx into ``dx3``; returns float64 ``(dweight, dbias)``."""
+def backward(dy3, x3, mean, rstd, weight, training, dx3, y3=None, relu=False, dres3=None):
+    """dx into ``dx3`` (and the residual's gradient into ``dres3``); returns float64
+    ``(dweight, dbias)``.  With ``relu``, ``dy`` is masked by ``y3 > 0`` on the fly."""
     a, c, b = x3.shape
     m = a * b
     chunk = config.CHUNK_ELEMENTS
     dweight = np.empty(c)
     dbias = np.empty(c)
+    y3 = y3 if y3 is not None else x3
+    has_dres = dres3 is not None
+    dres3 = dres3 if has_dres else x3
+    epilogue = (y3, relu, dres3, has_dres)
     if _uses_rows(x3):
         coef = np.empty((5, c), x3.dtype)
         if _fits_fused(x3, 2):
             rows_backward_fused(x3.size, x3, dy3, mean, rstd, weight, training, chunk, coef,
-                                dx3, dweight, dbias)
+                                dx3, dweight, dbias, *epilogue)
             return dweight, dbias
         nch = -(-m // chunk)
         psdy = np.empty((1, nch, c))
         psdxc = np.empty((1, nch, c))
-        rows_grad_sums(x3.size, x3, dy3, mean, chunk, psdy[0], psdxc[0])
+        rows_grad_sums(x3.size, x3, dy3, mean, chunk, psdy[0], psdxc[0], y3, relu)
         sdy, sdxc = np.empty(c), np.empty(c)
         cols_grad_fold(psdy, psdxc, 1, sdy.reshape(1, c), sdxc.reshape(1, c))
         backward_coef(mean, rstd, weight, sdy, sdxc, m, training, 1, coef, dweight, dbias)
-        rows_grad_apply(x3.size, x3, dy3, coef, chunk, training, dx3)
+        rows_grad_apply(x3.size, x3, dy3, coef, chunk, training, dx3, *epilogue)
         return dweight, dbias
     xc, rows, width, nrb = _columns(x3)
     dyc = dy3.reshape(xc.shape)
+    yc, dresc = y3.reshape(xc.shape), dres3.reshape(xc.shape)
     k = c * b
     psdy = np.empty((1, nrb, k))
     psdxc = np.empty((1, nrb, k))
-    cols_grad_sums(x3.size, xc, dyc, np.repeat(mean, b).reshape(1, k), rows, width, psdy, psdxc)
+    cols_grad_sums(x3.size, xc, dyc, np.repeat(mean, b).reshape(1, k), rows, width, psdy, psdxc,
+                   yc, relu)
     sdy, sdxc = np.empty(c), np.empty(c)
     cols_grad_fold(psdy, psdxc, b, sdy.reshape(1, c), sdxc.reshape(1, c))
     coef = np.empty((5, 1, k), x3.dtype)
     backward_coef(mean, rstd, weight, sdy, sdxc, m, training, b, coef[:, 0], dweight, dbias)
-    cols_grad_apply(x3.size, xc, dyc, coef, rows, width, training, dx3.reshape(xc.shape))
+    cols_grad_apply(x3.size, xc, dyc, coef, rows, width, training, dx3.reshape(xc.shape), yc,
+                    relu, dresc, has_dres)
     return dweight, dbias

@@ -117,7 +117,7 @@ def first_forward_fused(
         n = ng // G
         for ci in range((ng % G) * cg, (ng % G) * cg + cg):
             set_forward_coef(coef, n * C + ci, mu, r, weight[ci], bias[ci])
-            chunk_apply(xc, yc, coef, n * C + ci, 0, S)
+            chunk_apply(xc, yc, coef, n * C + ci, 0, S, xc, False, False)
 
 
 @driver
@@ -144,11 +144,12 @@ def first_backward_fused(
         mu = mean[ng]
         r = rstd[ng]
         for ci in range(g * cg, g * cg + cg):
-            sdy[n * C + ci], sdxc[n * C + ci] = channel_grad_sums(xc, dyc, n * C + ci, chunk, mu)
+            sdy[n * C + ci], sdxc[n * C + ci] = channel_grad_sums(xc, dyc, n * C + ci, chunk, mu,
+                                                                  xc, False)
         c1, c2 = _group_coef(n * C, g, cg, weight, sdy, sdxc, r, cg * S)
         for ci in range(g * cg, g * cg + cg):
             set_backward_coef(coef, n * C + ci, mu, weight[ci] * r, -r * r * c1, -r * c2)
-            chunk_grad_apply(xc, dyc, dxc, coef, n * C + ci, 0, S, True)
+            chunk_grad_apply(xc, dyc, dxc, coef, n * C + ci, 0, S, True, xc, False, xc, False)
 
 
 # ---------------------------------------------------------------------------
@@ -194,7 +195,7 @@ def last_forward_fused(
         for g in range(n * G + g0, n * G + g1):
             rstd[g] = rstd_from_m2(gm2[g], cg * S, eps)
         sample_forward_coef(n, k0, k1, mean, rstd, weight, bias, G, coef)
-        block_apply(x3, n, 0, S, k0, k1, coef3, y3)
+        block_apply(x3, n, 0, S, k0, k1, coef3, y3, x3, False, False)
 
 
 def _groups_per_task(n, s, c, G, itemsize):
@@ -305,7 +306,7 @@ def forward(x3, G, weight, bias, eps, channels_last, y3):
         cols_fold(pmean[:, 0], pm2[:, 0], s, cg, mean.reshape(n, G), m2.reshape(n, G))
         finish(m2, m, eps, rstd)
         forward_coef(mean, rstd, weight, bias, G, coef)
-        cols_apply(x3.size, x3, coef.reshape(4, n, c), rows, width, y3)
+        cols_apply(x3.size, x3, coef.reshape(4, n, c), rows, width, y3, x3, False, False)
         return mean, rstd
     xg = x3.reshape(1, n * G, m)
     xc = x3.reshape(1, n * c, s)
@@ -322,7 +323,7 @@ def forward(x3, G, weight, bias, eps, channels_last, y3):
     rows_merge(pmean, pm2, m, chunk, mean, m2)
     finish(m2, m, eps, rstd)
     forward_coef(mean, rstd, weight, bias, G, coef)
-    rows_apply(x3.size, xc, coef, chunk, yc)
+    rows_apply(x3.size, xc, coef, chunk, yc, xc, False, False)
     return mean, rstd
 
 
@@ -345,10 +346,11 @@ def backward(dy3, x3, G, mean, rstd, weight, channels_last, dx3):
         psdy = np.empty((n, nrb, c))
         psdxc = np.empty((n, nrb, c))
         colmean = np.repeat(mean.reshape(n, G), cg, axis=1)
-        cols_grad_sums(x3.size, x3, dy3, colmean, rows, width, psdy, psdxc)
+        cols_grad_sums(x3.size, x3, dy3, colmean, rows, width, psdy, psdxc, x3, False)
         cols_grad_fold(psdy, psdxc, 1, sdy.reshape(n, c), sdxc.reshape(n, c))
         backward_coef(mean, rstd, weight, sdy, sdxc, G, m, coef, dweight, dbias)
-        cols_grad_apply(x3.size, x3, dy3, coef.reshape(5, n, c), rows, width, True, dx3)
+        cols_grad_apply(x3.size, x3, dy3, coef.reshape(5, n, c), rows, width, True, dx3, x3,
+                        False, x3, False)
         return dweight, dbias
     xc = x3.reshape(1, n * c, s)
     dyc = dy3.reshape(1, n * c, s)
@@ -361,8 +363,8 @@ def backward(dy3, x3, G, mean, rstd, weight, channels_last, dx3):
     nch = -(-s // chunk)
     psdy = np.empty((1, nch, n * c))
     psdxc = np.empty((1, nch, n * c))
-    rows_grad_sums(x3.size, xc, dyc, np.repeat(mean, cg), chunk, psdy[0], psdxc[0])
+    rows_grad_sums(x3.size, xc, dyc, np.repeat(mean, cg), chunk, psdy[0], psdxc[0], xc, False)
     cols_grad_fold(psdy, psdxc, 1, sdy.reshape(1, n * c), sdxc.reshape(1, n * c))
     backward_coef(mean, rstd, weight, sdy, sdxc, G, m, coef, dweight, dbias)
-    rows_grad_apply(x3.size, xc, dyc, coef, chunk, True, dxc)
+    rows_grad_apply(x3.size, xc, dyc, coef, chunk, True, dxc, xc, False, xc, False)
     return dweight, dbias

@@ -203,9 +203,28 @@ def running_update(running_mean, running_var, mean, m2, m, momentum):
 # --- forward elementwise ---------------------------------------------------------------
 
 
+@cuda.jit(device=True)
+def _epilogue(t, r, has_res, relu):
+    """``act(t + r)``: the fused residual add and ReLU (NaN stays NaN)."""
+    if has_res:
+        t += r
+    if relu and t < 0:
+        t = t - t
+    return t
+
+
+@cuda.jit(device=True)
+def _mask(g, y, relu):
+    """``g`` where the forward's ReLU output ``y`` was positive, else 0."""
+    if relu and not y > 0:
+        return g - g
+    return g
+
+
 @cuda.jit
-def rows_apply(x3, coef, weight, bias, cmod, bdiv, y3):
-    """``y = ((x - hi) - lo) * rstd * w[p] + b[p]``, ``p = ((c % cmod) * B + b) // bdiv``."""
+def rows_apply(x3, coef, weight, bias, cmod, bdiv, y3, res3, has_res, relu):
+    """``y = act(((x - hi) - lo) * rstd * w[p] + b[p] [+ res])``,
+    ``p = ((c % cmod) * B + b) // bdiv``."""
     A, C, B = x3.shape
     n = A * C * B
     start, stride = cuda.grid(1), cuda.gridsize(1)
@@ -214,11 +233,12 @@ def rows_apply(x3, coef, weight, bias, cmod, bdiv, y3):
         c = (i // B) % C
         b = i % B
         p = ((c % cmod) * B + b) // bdiv
-        y3[a, c, b] = ((x3[a, c, b] - coef[0, c]) - coef[1, c]) * coef[2, c] * weight[p] + bias[p]
+        t = ((x3[a, c, b] - coef[0, c]) - coef[1, c]) * coef[2, c] * weight[p] + bias[p]
+        y3[a, c, b] = _epilogue(t, res3[a, c, b], has_res, relu)
 
 
 @cuda.jit
-def cols_apply(x3, coef, R, weight, bias, y3):
+def cols_apply(x3, coef, R, weight, bias, y3, res3, has_res, relu):
     """Channels-last ``y``: set ``p*G + k // R``, parameters per column ``k``."""
     P, Q, K = x3.shape
     G = K // R
@@ -229,14 +249,15 @@ def cols_apply(x3, coef, R, weight, bias, y3):
         q = (i // K) % Q
         k = i % K
         s = p * G + k // R
-        y3[p, q, k] = ((x3[p, q, k] - coef[0, s]) - coef[1, s]) * coef[2, s] * weight[k] + bias[k]
+        t = ((x3[p, q, k] - coef[0, s]) - coef[1, s]) * coef[2, s] * weight[k] + bias[k]
+        y3[p, q, k] = _epilogue(t, res3[p, q, k], has_res, relu)
 
 
 # --- gradient sums (float64 per thread) ------------------------------------------------
 
 
 @cuda.jit
-def rows_grad_sums(x3, dy3, mean, weight, cmod, bdiv, chunk, psa, pss):
+def rows_grad_sums(x3, dy3, mean, weight, cmod, bdiv, chunk, psa, pss, y3, relu):
     """Block (c, j): ``sum(dy * w[p])`` and ``sum(dy * w[p] * (x - mean[c]))`` over set
     ``c``'s chunk ``j`` into ``psa``/``pss`` (1, chunks, C)."""
     sa = cuda.shared.array(MAX_THREADS, float64)
@@ -252,7 +273,8 @@ def rows_grad_sums(x3, dy3, mean, weight, cmod, bdiv, chunk, psa, pss):
     s2 = 0.0
     for v in range(v0 + cuda.threadIdx.x, v1, cuda.blockDim.x):
         b = v % B
-        g = float64(dy3[v // B, c, b]) * float64(weight[((c % cmod) * B + b) // bdiv])
+        g = float64(_mask(dy3[v // B, c, b], y3[v // B, c, b], relu))
+        g *= float64(weight[((c % cmod) * B + b) // bdiv])
         s1 += g
         s2 += g * (float64(x3[v // B, c, b]) - mu)
     t1, t2 = block_sum2(s1, s2, sa, sb)
@@ -262,7 +284,7 @@ def rows_grad_sums(x3, dy3, mean, weight, cmod, bdiv, chunk, psa, pss):
 
 
 @cuda.jit
-def cols_grad_sums(x3, dy3, colmean, rows, psdy, psdxc):
+def cols_grad_sums(x3, dy3, colmean, rows, psdy, psdxc, y3, relu):
     """Tile: per-column ``sum(dy)`` and ``sum(dy * (x - mean))`` into (P, blocks, K)."""
     P, Q, K = x3.shape
     nqb = psdy.shape[1]
@@ -274,7 +296,7 @@ def cols_grad_sums(x3, dy3, colmean, rows, psdy, psdxc):
         s1 = 0.0
         s2 = 0.0
         for q in range(qb * rows, min(qb * rows + rows, Q)):
-            g = float64(dy3[p, q, k])
+            g = float64(_mask(dy3[p, q, k], y3[p, q, k], relu))
             s1 += g
             s2 += g * (float64(x3[p, q, k]) - mu)
         psdy[p, qb, k] = s1
@@ -392,8 +414,10 @@ def row_grad_coef(mean, rstd, sa, ss, D, center, coef):
 
 
 @cuda.jit
-def rows_grad_apply(x3, dy3, coef, weight, cmod, bdiv, training, dx3):
-    """``dx = dy * k0 * w[p] + ((x - hi) - lo) * k1 + k2`` (``dy * k0 * w[p]`` if frozen)."""
+def rows_grad_apply(x3, dy3, coef, weight, cmod, bdiv, training, dx3, y3, relu, dres3,
+                    has_dres):
+    """``dx = g * k0 * w[p] + ((x - hi) - lo) * k1 + k2`` (``g * k0 * w[p]`` if frozen),
+    ``g = dy`` masked by the forward's ReLU; ``g`` also goes to ``dres3`` if asked."""
     A, C, B = x3.shape
     n = A * C * B
     start, stride = cuda.grid(1), cuda.gridsize(1)
@@ -401,14 +425,17 @@ def rows_grad_apply(x3, dy3, coef, weight, cmod, bdiv, training, dx3):
         a = i // (C * B)
         c = (i // B) % C
         b = i % B
-        g = dy3[a, c, b] * coef[2, c] * weight[((c % cmod) * B + b) // bdiv]
+        g = _mask(dy3[a, c, b], y3[a, c, b], relu)
+        if has_dres:
+            dres3[a, c, b] = g
+        g = g * coef[2, c] * weight[((c % cmod) * B + b) // bdiv]
         if training:
             g += ((x3[a, c, b] - coef[0, c]) - coef[1, c]) * coef[3, c] + coef[4, c]
         dx3[a, c, b] = g
 
 
 @cuda.jit
-def cols_grad_apply(x3, dy3, coef, training, dx3):
+def cols_grad_apply(x3, dy3, coef, training, dx3, y3, relu, dres3, has_dres):
     """Channels-last dx with coefficients per (sample, column): index ``p*K + k``."""
     P, Q, K = x3.shape
     n = P * Q * K
@@ -418,7 +445,10 @@ def cols_grad_apply(x3, dy3, coef, training, dx3):
         q = (i // K) % Q
         k = i % K
         s = p * K + k
-        g = dy3[p, q, k] * coef[2, s]
+        g = _mask(dy3[p, q, k], y3[p, q, k], relu)
+        if has_dres:
+            dres3[p, q, k] = g
+        g = g * coef[2, s]
         if training:
             g += ((x3[p, q, k] - coef[0, s]) - coef[1, s]) * coef[3, s] + coef[4, s]
         dx3[p, q, k] = g

@@ -57,15 +57,19 @@ def cols_stats(d_x3, R, eps):
     return d_mean, d_m2, d_rstd, d_coef
 
 
-def rows_apply(d_x3, d_coef, d_weight, d_bias, cmod, bdiv, d_y3):
-    K.rows_apply[grid_stride(d_x3.size)](d_x3, d_coef, d_weight, d_bias, cmod, bdiv, d_y3)
+def rows_apply(d_x3, d_coef, d_weight, d_bias, cmod, bdiv, d_y3, d_res3=None, relu=False):
+    has_res = d_res3 is not None
+    K.rows_apply[grid_stride(d_x3.size)](d_x3, d_coef, d_weight, d_bias, cmod, bdiv, d_y3,
+                                         d_res3 if has_res else d_x3, has_res, relu)
 
 
-def cols_apply(d_x3, d_coef, R, d_weight, d_bias, d_y3):
-    K.cols_apply[grid_stride(d_x3.size)](d_x3, d_coef, R, d_weight, d_bias, d_y3)
+def cols_apply(d_x3, d_coef, R, d_weight, d_bias, d_y3, d_res3=None, relu=False):
+    has_res = d_res3 is not None
+    K.cols_apply[grid_stride(d_x3.size)](d_x3, d_coef, R, d_weight, d_bias, d_y3,
+                                         d_res3 if has_res else d_x3, has_res, relu)
 
 
-def rows_grad_sums(d_x3, d_dy3, d_mean, d_weight, cmod, bdiv):
+def rows_grad_sums(d_x3, d_dy3, d_mean, d_weight, cmod, bdiv, d_y3=None, relu=False):
     """Per-set ``sum(dy * w[p])`` and ``sum(dy * w[p] * (x - mean))``, float64 (C,)."""
     a, c, b = d_x3.shape
     chunk = config.CUDA_CHUNK
@@ -73,19 +77,20 @@ def rows_grad_sums(d_x3, d_dy3, d_mean, d_weight, cmod, bdiv):
     d_psa = cuda.device_array((1, nch, c))
     d_pss = cuda.device_array((1, nch, c))
     K.rows_grad_sums[c * nch, threads()](d_x3, d_dy3, d_mean, d_weight, cmod, bdiv, chunk,
-                                         d_psa, d_pss)
+                                         d_psa, d_pss, d_x3 if d_y3 is None else d_y3, relu)
     d_sa, d_ss = cuda.device_array(c), cuda.device_array(c)
     K.fold_sums[grid_1d(c)](d_psa, d_pss, d_sa, d_ss)
     return d_sa, d_ss
 
 
-def cols_grad_sums(d_x3, d_dy3, d_colmean):
+def cols_grad_sums(d_x3, d_dy3, d_colmean, d_y3=None, relu=False):
     """Per (sample, column) ``sum(dy)`` and ``sum(dy * (x - mean))``, float64 (P*K,)."""
     p, q, k = d_x3.shape
     rows, nqb, grid, tpb = _tiles(d_x3)
     d_psdy = cuda.device_array((p, nqb, k))
     d_psdxc = cuda.device_array((p, nqb, k))
-    K.cols_grad_sums[grid, tpb](d_x3, d_dy3, d_colmean, rows, d_psdy, d_psdxc)
+    K.cols_grad_sums[grid, tpb](d_x3, d_dy3, d_colmean, rows, d_psdy, d_psdxc,
+                                d_x3 if d_y3 is None else d_y3, relu)
     d_sdy, d_sdxc = cuda.device_array(p * k), cuda.device_array(p * k)
     K.fold_sums[grid_1d(p * k)](d_psdy, d_psdxc, d_sdy, d_sdxc)
     return d_sdy, d_sdxc

@@ -15,6 +15,7 @@ import math
 
 from numba import cuda
 
+from .. import _checks as _host_checks
 from . import _checks as C
 from . import _kernels as K
 from . import _require_gpu, _stats, grid_1d
@@ -27,7 +28,7 @@ def _view(d_x, ax):
 
 
 def batch_norm(x, weight, bias, running_mean, running_var, *, training, momentum, eps, axis,
-               out):
+               out, activation=None, residual=None):
     _require_gpu()
     d_x = C.float_device(x, "x")
     ax = C.channel_axis(axis, len(d_x.shape), tuple(d_x.shape))
@@ -46,6 +47,8 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, training, momentum
         raise ValueError("expected more than 1 value per channel when training; got x of "
                          f"shape {tuple(d_x.shape)}")
     d_out = C.output(out, d_x)
+    relu = _host_checks.activation(activation)
+    d_res = None if residual is None else C.same_as(residual, d_x, "residual")
     dtype = d_x.dtype
     d_w = d_w if d_w is not None else _stats.full(c, 1.0, dtype)
     d_b = d_b if d_b is not None else _stats.full(c, 0.0, dtype)
@@ -64,9 +67,11 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, training, momentum
         d_coef = cuda.device_array((3, c), dtype)
         K.running_coef[grid_1d(c)](d_rm, d_rv, eps, d_mean, d_rstd, d_coef)
     if b == 1:
-        _stats.cols_apply(d_x3.reshape(1, a, c), d_coef, 1, d_w, d_b, d_y3.reshape(1, a, c))
+        _stats.cols_apply(d_x3.reshape(1, a, c), d_coef, 1, d_w, d_b, d_y3.reshape(1, a, c),
+                          None if d_res is None else d_res.reshape(1, a, c), relu)
     else:
-        _stats.rows_apply(d_x3, d_coef, d_w, d_b, c, b, d_y3)
+        _stats.rows_apply(d_x3, d_coef, d_w, d_b, c, b, d_y3,
+                          None if d_res is None else d_res.reshape(a, c, b), relu)
     return d_y, _cast(d_mean, dtype), _cast(d_rstd, dtype)
 
 
@@ -78,7 +83,8 @@ def _cast(d, dtype):
     return out
 
 
-def batch_norm_backward(dy, x, mean, rstd, weight, *, training, axis):
+def batch_norm_backward(dy, x, mean, rstd, weight, *, training, axis, activation=None, y=None,
+                        dresidual=None):
     _require_gpu()
     d_x = C.float_device(x, "x")
     d_dy = C.same_as(dy, d_x, "dy")
@@ -88,26 +94,38 @@ def batch_norm_backward(dy, x, mean, rstd, weight, *, training, axis):
     d_rstd = C.vector(rstd, "rstd", (c,), d_x)
     d_w = C.vector(weight, "weight", (c,), d_x)
     dtype = d_x.dtype
+    relu = _host_checks.activation(activation)
+    if relu and y is None:
+        raise ValueError("activation='relu' needs y, the forward's saved output, for the mask")
+    d_yy = d_x if y is None else C.same_as(y, d_x, "y")
+    d_dres = None if dresidual is None else C.same_as(dresidual, d_x, "dresidual")
     d_w = d_w if d_w is not None else _stats.full(c, 1.0, dtype)
     d_dx = cuda.device_array(tuple(d_x.shape), dtype)
     one = _stats.full(1, 1.0, dtype)
     if b == 1:
         d_xc, d_dyc = d_x3.reshape(1, a, c), d_dy.reshape(1, a, c)
-        d_sdy, d_sdxc = _stats.cols_grad_sums(d_xc, d_dyc, d_mean.reshape(1, c))
+        d_sdy, d_sdxc = _stats.cols_grad_sums(d_xc, d_dyc, d_mean.reshape(1, c),
+                                              d_yy.reshape(1, a, c), relu)
     else:
-        d_sdy, d_sdxc = _stats.rows_grad_sums(d_x3, d_dy.reshape(a, c, b), d_mean, one, 1, b)
+        d_sdy, d_sdxc = _stats.rows_grad_sums(d_x3, d_dy.reshape(a, c, b), d_mean, one, 1, b,
+                                              d_yy.reshape(a, c, b), relu)
     d_coef = cuda.device_array((5, c), dtype)
     K.group_grad_coef[grid_1d(c)](d_mean, d_rstd, d_w, d_sdy, d_sdxc, c, float(a * b),
                                   bool(training), d_coef)
     d_dw, d_db = cuda.device_array(c, dtype), cuda.device_array(c, dtype)
     K.param_grads[grid_1d(c)](d_sdy, d_sdxc, d_rstd, c, d_dw, d_db)
+    has_dres = d_dres is not None
+    d_dres = d_dres if has_dres else d_x
     if b == 1:
+        shape = (1, a, c)
         K.cols_grad_apply[_stats.grid_stride(d_x.size)](
-            d_x3.reshape(1, a, c), d_dy.reshape(1, a, c), d_coef, bool(training),
-            d_dx.reshape(1, a, c))
+            d_x3.reshape(shape), d_dy.reshape(shape), d_coef, bool(training),
+            d_dx.reshape(shape), d_yy.reshape(shape), relu, d_dres.reshape(shape), has_dres)
     else:
+        shape = (a, c, b)
         K.rows_grad_apply[_stats.grid_stride(d_x.size)](
-            d_x3, d_dy.reshape(a, c, b), d_coef, one, 1, b, bool(training), d_dx.reshape(a, c, b))
+            d_x3, d_dy.reshape(shape), d_coef, one, 1, b, bool(training), d_dx.reshape(shape),
+            d_yy.reshape(shape), relu, d_dres.reshape(shape), has_dres)
     return d_dx, d_dw, d_db
 
 

@@ -87,8 +87,10 @@ def backward(dy, x, num_groups, mean, rstd, weight, *, axis):
     K.param_grads[grid_1d(c)](d_sdy, d_sdxc, d_rstd, g, d_dw, d_db)
     if last:
         K.cols_grad_apply[_stats.grid_stride(d_x.size)](d_x3, d_dy3, d_coef, True,
-                                                        d_dx.reshape(n, s, c))
+                                                        d_dx.reshape(n, s, c), d_x3, False, d_x3,
+                                                        False)
     else:
         K.rows_grad_apply[_stats.grid_stride(d_x.size)](d_x3, d_dy3, d_coef, one, 1, s, True,
-                                                        d_dx.reshape(1, n * c, s))
+                                                        d_dx.reshape(1, n * c, s), d_x3, False,
+                                                        d_x3, False)
     return d_dx, d_dw, d_db

@@ -76,7 +76,8 @@ def backward(dy, x, normalized_shape, mean, rstd, weight, *, center):
     K.row_grad_coef[grid_1d(r)](d_mean, d_rstd, d_sa, d_ss, float(d), center, d_coef)
     d_dx = cuda.device_array(tuple(d_x.shape), dtype)
     K.rows_grad_apply[_stats.grid_stride(d_x.size)](d_x3, d_dy3, d_coef, d_w, 1, 1, True,
-                                                    d_dx.reshape(1, r, d))
+                                                    d_dx.reshape(1, r, d), d_x3, False, d_x3,
+                                                    False)
     rows = config.CUDA_TILE_ROWS
     nqb = math.ceil(r / rows)
     tpb = threads()
