@@ -128,6 +128,49 @@ def _batch_norm_cases(torch, layout, shape, axis, dtype, rng):
     return cases
 
 
+def _epilogue_cases(torch, shape, dtype, rng):
+    """Batch norm fused with the residual add and ReLU, against the same three ops unfused."""
+    x = rng.standard_normal(shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    res = rng.standard_normal(shape).astype(dtype)
+    c = shape[1]
+    w, b = np.ones(c, dtype), np.zeros(c, dtype)
+    y, mean, rstd = F.batch_norm(x, w, b, activation="relu", residual=res)
+    dres = np.empty_like(x)
+
+    def numpy_forward():
+        return np.maximum(R.batch_norm_train(x, w, b)[0] + res, 0)
+
+    def numpy_backward():
+        g = dy * (y > 0)
+        return R.batch_norm_backward_train(g, x, mean, rstd, w), g
+
+    cases = [
+        BenchCase("bn+add+relu", "forward-train", "NCHW", dtype, shape, 3,
+                  partial(F.batch_norm, x, w, b, activation="relu", residual=res), numpy_forward),
+        BenchCase("bn+add+relu", "backward", "NCHW", dtype, shape, 5,
+                  partial(F.batch_norm_backward, dy, x, mean, rstd, w, activation="relu", y=y,
+                          dresidual=dres), numpy_backward),
+    ]
+    if torch is not None:
+        t = torch.from_numpy
+        xt, rt, dyt, yt = t(x), t(res), t(dy), t(y)
+
+        def torch_forward():
+            with torch.no_grad():
+                out = torch.nn.functional.batch_norm(xt, None, None, t(w), t(b), True)
+                return torch.relu_(out.add_(rt))
+
+        def torch_backward():
+            g = torch.ops.aten.threshold_backward(dyt, yt, 0)
+            return torch.ops.aten.native_batch_norm_backward(
+                g, xt, t(w), None, None, t(mean), t(rstd), True, 1e-5, [True] * 3), g
+
+        cases[0].torch = torch_forward
+        cases[1].torch = torch_backward
+    return cases
+
+
 def _no_grad(torch, fn, *args):
     with torch.no_grad():
         return fn(*args)
@@ -190,7 +233,7 @@ def _group_norm_cases(torch, layout, shape, axis, groups, dtype, rng):
     return cases
 
 
-OPS = ("batch_norm", "layer_norm", "rms_norm", "group_norm")
+OPS = ("batch_norm", "layer_norm", "rms_norm", "group_norm", "epilogue")
 
 
 def grid(quick: bool = False, ops=OPS, dtypes=None) -> list[BenchCase]:
@@ -206,6 +249,8 @@ def grid(quick: bool = False, ops=OPS, dtypes=None) -> list[BenchCase]:
                                         ("NHWC", (32, 56, 56, 64), -1),
                                         ("NC", (4096, 1024), 1), ("NC", (32, 256), 1)):
                 cases += _batch_norm_cases(torch, layout, shape, axis, dtype, rng)
+        if "epilogue" in ops:
+            cases += _epilogue_cases(torch, (32, 64, 56, 56), dtype, rng)
         if "layer_norm" in ops or "rms_norm" in ops:
             for shape in ((4096, 1024), (8, 512, 768), (8, 768)):
                 cases += [c for c in _layer_norm_cases(torch, shape, dtype, rng) if c.op in ops]

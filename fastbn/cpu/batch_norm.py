@@ -58,6 +58,8 @@ import numpy as np
 
 from .. import config
 from ._columns import (
+    block_apply,
+    block_moments,
     blocks,
     cols_apply,
     cols_fold,
@@ -66,6 +68,7 @@ from ._columns import (
     cols_grad_sums,
     cols_merge,
     cols_moments,
+    fold_sample,
 )
 from ._jit import worker
 from ._moments import grad_coef, rstd_from_m2, set_backward_coef, set_forward_coef
@@ -107,6 +110,23 @@ def backward_coef(mean, rstd, weight, sdy, sdxc, m, training, B, coef, dweight, 
         k0, k1, k2 = grad_coef(mean[c], rstd[c], weight[c], sdy[c], sdxc[c], m, training)
         for b in range(B):
             set_backward_coef(coef, c * B + b, mean[c], k0, k1, k2)
+
+
+@worker
+def cols_forward_small(x3, B, weight, bias, eps, coef, y3, res3, has_res, relu, s1, s2, mean, m2,
+                       rstd):
+    """The whole column-kernel forward for a small input in one serial call.
+
+    ``x3``: (1, A, C*B); one block of all rows (no partials to merge), then the
+    output pass from cache.  Saves the launches and allocations of the
+    general path, which dominate a (32, 256) batch.
+    """
+    A, K = x3.shape[1], x3.shape[2]
+    block_moments(x3, 0, 0, A, 0, K, s1, s2)
+    fold_sample(s1, s2, A, B, mean, m2)
+    finish_stats(mean, m2, A * B, eps, rstd)
+    forward_coef(mean, rstd, weight, bias, B, coef[:, 0])
+    block_apply(x3, 0, 0, A, 0, K, coef, y3, res3, has_res, relu)
 
 
 @worker
@@ -174,6 +194,16 @@ def forward_train(x3, weight, bias, eps, y3, res3=None, relu=False):
         has_res = res3 is not None
         rows_forward_fused(x3.size, x3, weight, bias, eps, config.CHUNK_ELEMENTS, coef, y3,
                            mean, m2, rstd, res3 if has_res else x3, has_res, relu)
+        return mean, m2, rstd
+    if not _uses_rows(x3) and x3.size <= config.SERIAL_MAX_ELEMENTS:
+        k = c * b
+        mean, m2 = np.empty(c), np.empty(c)
+        coef = np.empty((4, 1, k), x3.dtype)
+        xc = x3.reshape(1, a, k)
+        has_res = res3 is not None
+        cols_forward_small(xc, b, weight, bias, eps, coef, y3.reshape(xc.shape),
+                           (res3 if has_res else x3).reshape(xc.shape), has_res, relu,
+                           np.empty(k), np.empty(k), mean, m2, rstd)
         return mean, m2, rstd
     mean, m2 = moments(x3)
     finish_stats(mean, m2, m, eps, rstd)
