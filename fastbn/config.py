@@ -42,7 +42,7 @@ ROW_KERNEL_MIN_INNER = 32
 
 #: Column blocks of the column kernels hold at most this many columns, so a
 #: block's accumulators stay in L1.
-COLUMN_BLOCK = 1024
+COLUMN_BLOCK = 256
 
 #: A channel whose data (x, plus dy in backward) is at most this many bytes is
 #: processed start to finish by one thread: statistics first, then the output

@@ -261,22 +261,26 @@ def cols_grad_sums(x3, dy3, colmean, rows, width, psdy, psdxc, y3, relu):
 
 @worker
 def cols_grad_fold(psdy, psdxc, B, sdy, sdxc):
-    """Per (sample, group of ``B`` columns) sums: blocks in order, columns in order.
+    """Per (sample, group of ``B`` columns) sums of the row blocks' partials.
 
-    ``psdy``/``psdxc``: (N, blocks, K); ``sdy``/``sdxc``: (N, K // B) out.
+    ``psdy``/``psdxc``: (N, blocks, K); ``sdy``/``sdxc``: (N, K // B) out.  Row
+    blocks are added in order (then a group's columns), walking each block's
+    partials contiguously.
     """
     N, nrb, _ = psdy.shape
     G = sdy.shape[1]
     for n in range(N):
-        for g in range(G):
-            a = 0.0
-            s = 0.0
-            for b in range(B):
-                for rb in range(nrb):
-                    a += psdy[n, rb, g * B + b]
-                    s += psdxc[n, rb, g * B + b]
-            sdy[n, g] = a
-            sdxc[n, g] = s
+        a = sdy[n]
+        s = sdxc[n]
+        a[:] = 0.0
+        s[:] = 0.0
+        for rb in range(nrb):
+            pa = psdy[n, rb]
+            ps = psdxc[n, rb]
+            for g in range(G):
+                for b in range(B):
+                    a[g] += pa[g * B + b]
+                    s[g] += ps[g * B + b]
 
 
 @driver
@@ -299,13 +303,34 @@ def cols_grad_apply(x3, dy3, coef, rows, width, training, dx3, y3, relu, dres3, 
         c0 = coef[2, n, k0:k1]
         c1 = coef[3, n, k0:k1]
         c2 = coef[4, n, k0:k1]
-        for r in range(rb * rows, min(rb * rows + rows, A)):
-            xr = x3[n, r, k0:k1]
-            dr = dy3[n, r, k0:k1]
-            gr = dx3[n, r, k0:k1]
+        r0 = rb * rows
+        r1 = min(r0 + rows, A)
+        r = r0
+        if training and not (relu or has_dres):
+            # two rows per sweep: the five coefficient loads serve both rows
+            while r + 2 <= r1:
+                xa = x3[n, r, k0:k1]
+                xb = x3[n, r + 1, k0:k1]
+                da = dy3[n, r, k0:k1]
+                db = dy3[n, r + 1, k0:k1]
+                ga = dx3[n, r, k0:k1]
+                gb = dx3[n, r + 1, k0:k1]
+                for k in range(xa.size):
+                    h = hi[k]
+                    lk = lo[k]
+                    a0 = c0[k]
+                    a1 = c1[k]
+                    a2 = c2[k]
+                    ga[k] = da[k] * a0 + ((xa[k] - h) - lk) * a1 + a2
+                    gb[k] = db[k] * a0 + ((xb[k] - h) - lk) * a1 + a2
+                r += 2
+        for rr_ in range(r, r1):
+            xr = x3[n, rr_, k0:k1]
+            dr = dy3[n, rr_, k0:k1]
+            gr = dx3[n, rr_, k0:k1]
             if relu or has_dres:
-                yr = y3[n, r, k0:k1]
-                rr = dres3[n, r, k0:k1]
+                yr = y3[n, rr_, k0:k1]
+                rr = dres3[n, rr_, k0:k1]
                 for k in range(xr.size):
                     g = _masked(dr[k], yr[k], relu)
                     if has_dres:
