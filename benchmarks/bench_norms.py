@@ -47,13 +47,16 @@ class _Case:
         self.op()
         self.sync()  # GPU timings stop after the kernels finish
 
-    def gbps(self, repeats=5):
+    def track_gbps(self, *params):
+        """GB/s from the minimal bytes moved, median of five timed calls."""
         times = []
-        for _ in range(repeats):
+        for _ in range(5):
             t0 = time.perf_counter()
             self.run()
             times.append(time.perf_counter() - t0)
         return self.bytes / float(np.median(times)) / 1e9
+
+    track_gbps.unit = "GB/s"
 
 
 def _params(layouts):
@@ -71,10 +74,6 @@ class BatchNormForwardTrain(_Case):
     def time_forward_train(self, *p):
         self.run()
 
-    def track_gbps(self, *p):
-        return self.gbps()
-
-    track_gbps.unit = "GB/s"
 
     def peakmem_forward_train(self, *p):
         self.run()
@@ -94,10 +93,6 @@ class BatchNormInference(_Case):
     def time_inference(self, *p):
         self.run()
 
-    def track_gbps(self, *p):
-        return self.gbps()
-
-    track_gbps.unit = "GB/s"
 
     def peakmem_inference(self, *p):
         self.run()
@@ -118,10 +113,6 @@ class BatchNormBackward(_Case):
     def time_backward(self, *p):
         self.run()
 
-    def track_gbps(self, *p):
-        return self.gbps()
-
-    track_gbps.unit = "GB/s"
 
 
 class LayerNormForward(_Case):
@@ -136,10 +127,6 @@ class LayerNormForward(_Case):
     def time_forward(self, *p):
         self.run()
 
-    def track_gbps(self, *p):
-        return self.gbps()
-
-    track_gbps.unit = "GB/s"
 
     def peakmem_forward(self, *p):
         self.run()
@@ -159,10 +146,6 @@ class LayerNormBackward(_Case):
     def time_backward(self, *p):
         self.run()
 
-    def track_gbps(self, *p):
-        return self.gbps()
-
-    track_gbps.unit = "GB/s"
 
 
 class GroupNormForward(_Case):
@@ -177,10 +160,6 @@ class GroupNormForward(_Case):
     def time_forward(self, *p):
         self.run()
 
-    def track_gbps(self, *p):
-        return self.gbps()
-
-    track_gbps.unit = "GB/s"
 
     def peakmem_forward(self, *p):
         self.run()
@@ -202,7 +181,3 @@ class GroupNormBackward(_Case):
     def time_backward(self, *p):
         self.run()
 
-    def track_gbps(self, *p):
-        return self.gbps()
-
-    track_gbps.unit = "GB/s"
