@@ -9,18 +9,22 @@ device.  Nothing is copied to or from the host inside an op.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import numpy as np
 
 from .. import config
 
-try:
-    from numba import cuda
-except ImportError as exc:  # pragma: no cover - numba always ships a cuda stub or numba-cuda
+# Numba still ships its deprecated built-in CUDA target as numba.cuda; the
+# NVIDIA-maintained numba-cuda package replaces it when installed.  Never run
+# on the deprecated one.
+if importlib.util.find_spec("numba_cuda") is None:
     raise ImportError(
-        "fastbn's GPU backend needs numba-cuda: pip install 'fastbn[cuda]' "
-        "(or pip install numba-cuda)") from exc
+        "fastbn's GPU backend needs the numba-cuda package: pip install 'fastbn[cuda]' "
+        "(or pip install numba-cuda)")
+
+from numba import cuda  # noqa: E402
 
 from ._reduce import SIMULATOR  # noqa: E402  (NUMBA_ENABLE_CUDASIM, read at import)
 
