@@ -28,9 +28,18 @@ Backward, with ``dy_hat = dy * weight``, ``sdy = sum(dy)`` and
     c1 = sum(dy_hat * xhat) / m           # = weight * dweight / m
     c2 = sum(dy_hat) / m                  # = weight * dbias / m
     dx = (dy_hat - (xhat * c1 + c2)) * rstd
-       = dy * k0 + (x - mean) * k1 + k2   # k0 = weight*rstd, k1 = -k0*rstd*c1/weight...
+       = dy * k0 + (x - mean) * k1 + k2
+
+    k0 = weight * rstd
+    k1 = -k0 * rstd**2 * sdxc / m
+    k2 = -k0 * sdy / m
 
 Frozen statistics (``training=False``): ``dx = dy * weight * rstd``.
+
+Fused epilogue: the output pass may add a residual and apply a ReLU,
+``y = relu(bn(x) + residual)``; the backward then uses ``g = dy * (y > 0)`` in
+place of ``dy`` in both passes and can write ``g`` (the residual's gradient)
+in the pass that writes dx.
 
 Two loop orders, chosen by ``B`` (``config.ROW_KERNEL_MIN_INNER``):
 
@@ -41,8 +50,9 @@ Two loop orders, chosen by ``B`` (``config.ROW_KERNEL_MIN_INNER``):
   the second pass reads it from cache (the ``*_fused`` drivers).
 * column kernels (small ``B``: channels-last, 2-D): ``x`` as the matrix
   ``(A, C*B)``; tasks are blocks of rows by blocks of columns, each writing
-  per-column partials that are merged in row-block order, then folded per
-  channel.  Never a ``prange`` over strided columns.
+  per-column partials that are merged along a fixed pairwise tree, then
+  folded per channel.  Never a ``prange`` over strided columns.  Small inputs
+  run the whole forward in one serial call (:func:`cols_forward_small`).
 
 Layers: workers in :mod:`._rows`/:mod:`._columns` handle one chunk or block,
 their ``@driver`` functions split the work into fixed chunks (parallel and
