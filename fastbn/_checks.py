@@ -80,7 +80,9 @@ def unit_momentum(momentum) -> float:
 def channel_vector(a, name: str, channels: int, x_shape, *, default: float | None = None):
     """A per-channel parameter as a float64 (C,) array; ``default`` fills it when None."""
     if a is None:
-        return None if default is None else np.full(channels, default)
+        if default is None:
+            return None
+        return np.ones(channels) if default == 1.0 else np.full(channels, default)
     a = float_array(a, name)
     if a.shape != (channels,):
         raise ValueError(

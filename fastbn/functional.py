@@ -159,17 +159,20 @@ def batch_norm(
     sdtype = _checks.stats_dtype(x.dtype)
 
     if not training:
-        mean = np.asarray(running_mean, dtype=np.float64)
-        rstd = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
+        mean = np.empty(c, sdtype)
+        rstd = np.empty(c, sdtype)
         if x.size == 0:
-            return _checks.deliver(np.empty(x.shape, x.dtype), out, x.shape, x.dtype), \
-                mean.astype(sdtype), rstd.astype(sdtype)
+            mean[:] = running_mean
+            rstd[:] = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
+            return (_checks.deliver(np.empty(x.shape, x.dtype), out, x.shape, x.dtype), mean,
+                    rstd)
         x3 = _checks.as_3d(x, ax)
         y3 = _checks.result_buffer(out, x3, x)
         res3 = None if res is None else _checks.as_3d(res, ax)
-        _cpu_bn.forward_apply(x3, mean, rstd, w, b, y3, res3, relu)
-        return _checks.deliver(y3, out, x.shape, x.dtype), mean.astype(sdtype), \
-            rstd.astype(sdtype)
+        rm, rv = (a if a.dtype != np.float16 else a.astype(np.float32)  # numba has no float16
+                  for a in (running_mean, running_var))
+        _cpu_bn.inference(x3, rm, rv, eps, w, b, y3, mean, rstd, res3, relu)
+        return _checks.deliver(y3, out, x.shape, x.dtype), mean, rstd
 
     x3 = _checks.as_3d(x, ax)
     y3 = _checks.result_buffer(out, x3, x)

@@ -105,6 +105,19 @@ def forward_coef(mean, rstd, weight, bias, B, coef):
 
 
 @worker
+def running_coef(running_mean, running_var, eps, weight, bias, B, coef, mean, rstd):
+    """Inference: ``mean = rm``, ``rstd = 1/sqrt(rv + eps)`` (in the caller's dtype) and the
+    forward coefficients (4, C*B), in one call."""
+    for c in range(running_mean.shape[0]):
+        mu = np.float64(running_mean[c])
+        r = 1.0 / np.sqrt(np.float64(running_var[c]) + eps)
+        mean[c] = mu
+        rstd[c] = r
+        for b in range(B):
+            set_forward_coef(coef, c * B + b, mu, r, weight[c], bias[c])
+
+
+@worker
 def finish_stats(mean, m2, m, eps, rstd):
     """``rstd = 1 / sqrt(m2 / m + eps)`` per channel."""
     for c in range(mean.shape[0]):
@@ -221,21 +234,39 @@ def forward_train(x3, weight, bias, eps, y3, res3=None, relu=False):
     return mean, m2, rstd
 
 
-def forward_apply(x3, mean, rstd, weight, bias, y3, res3=None, relu=False):
-    """``y = act((x - mean) * rstd * weight + bias [+ res3])`` with given float64 stats."""
+def inference(x3, running_mean, running_var, eps, weight, bias, y3, mean, rstd, res3=None,
+              relu=False):
+    """Inference forward into ``y3``; ``mean``/``rstd`` (any float dtype) are filled."""
     a, c, b = x3.shape
+    rows = _uses_rows(x3)
+    coef = np.empty((4, c) if rows else (4, 1, c * b), x3.dtype)
+    running_coef(running_mean, running_var, eps, weight, bias, 1 if rows else b,
+                 coef if rows else coef[:, 0], mean, rstd)
+    _apply(x3, coef, y3, res3, relu)
+
+
+def _apply(x3, coef, y3, res3, relu):
+    """The output pass with ready coefficients: (4, C) for rows, (4, 1, C*B) for columns."""
     has_res = res3 is not None
     res3 = res3 if has_res else x3
     if _uses_rows(x3):
-        coef = np.empty((4, c), x3.dtype)
-        forward_coef(mean, rstd, weight, bias, 1, coef)
         rows_apply(x3.size, x3, coef, config.CHUNK_ELEMENTS, y3, res3, has_res, relu)
     else:
         xc, rows, width, _ = _columns(x3)
-        coef = np.empty((4, 1, c * b), x3.dtype)
-        forward_coef(mean, rstd, weight, bias, b, coef[:, 0])
         cols_apply(x3.size, xc, coef, rows, width, y3.reshape(xc.shape), res3.reshape(xc.shape),
                    has_res, relu)
+
+
+def forward_apply(x3, mean, rstd, weight, bias, y3, res3=None, relu=False):
+    """``y = act((x - mean) * rstd * weight + bias [+ res3])`` with given float64 stats."""
+    a, c, b = x3.shape
+    if _uses_rows(x3):
+        coef = np.empty((4, c), x3.dtype)
+        forward_coef(mean, rstd, weight, bias, 1, coef)
+    else:
+        coef = np.empty((4, 1, c * b), x3.dtype)
+        forward_coef(mean, rstd, weight, bias, b, coef[:, 0])
+    _apply(x3, coef, y3, res3, relu)
 
 
 def backward(dy3, x3, mean, rstd, weight, training, dx3, y3=None, relu=False, dres3=None):
