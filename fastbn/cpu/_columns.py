@@ -31,6 +31,14 @@ from ._moments import chan_merge, shifted_moments
 
 
 @worker
+def _task(t, nrb, ncb, width, K):
+    """Task ``t`` of a (sample, row block, column block) grid: (n, rb, k0, k1)."""
+    n = t // (nrb * ncb)
+    k0 = (t % ncb) * width
+    return n, (t // ncb) % nrb, k0, min(k0 + width, K)
+
+
+@worker
 def block_moments(x3, n, r0, r1, k0, k1, s1, s2):
     """(mean, m2) of columns ``k0:k1`` over rows ``r0:r1`` of sample ``n`` into ``s1``/``s2``.
 
@@ -150,10 +158,7 @@ def cols_moments(x3, rows, width, pmean, pm2):
     nrb = pmean.shape[1]
     ncb = (K + width - 1) // width
     for t in prange(N * nrb * ncb):
-        n = t // (nrb * ncb)
-        rb = (t // ncb) % nrb
-        k0 = (t % ncb) * width
-        k1 = min(k0 + width, K)
+        n, rb, k0, k1 = _task(t, nrb, ncb, width, K)
         block_moments(x3, n, rb * rows, min(rb * rows + rows, A), k0, k1, pmean[n, rb, k0:k1],
                       pm2[n, rb, k0:k1])
 
@@ -183,11 +188,9 @@ def cols_apply(x3, coef, rows, width, y3, res3, has_res, relu):
     nrb = (A + rows - 1) // rows
     ncb = (K + width - 1) // width
     for t in prange(N * nrb * ncb):
-        n = t // (nrb * ncb)
-        rb = (t // ncb) % nrb
-        k0 = (t % ncb) * width
-        block_apply(x3, n, rb * rows, min(rb * rows + rows, A), k0, min(k0 + width, K), coef,
-                    y3, res3, has_res, relu)
+        n, rb, k0, k1 = _task(t, nrb, ncb, width, K)
+        block_apply(x3, n, rb * rows, min(rb * rows + rows, A), k0, k1, coef, y3, res3, has_res,
+                    relu)
 
 
 @worker
@@ -251,10 +254,7 @@ def cols_grad_sums(x3, dy3, colmean, rows, width, psdy, psdxc, y3, relu):
     nrb = psdy.shape[1]
     ncb = (K + width - 1) // width
     for t in prange(N * nrb * ncb):
-        n = t // (nrb * ncb)
-        rb = (t // ncb) % nrb
-        k0 = (t % ncb) * width
-        k1 = min(k0 + width, K)
+        n, rb, k0, k1 = _task(t, nrb, ncb, width, K)
         block_grad_sums(x3, dy3, n, rb * rows, min(rb * rows + rows, A), k0, k1,
                         colmean[n, k0:k1], psdy[n, rb, k0:k1], psdxc[n, rb, k0:k1], y3, relu)
 
@@ -294,10 +294,7 @@ def cols_grad_apply(x3, dy3, coef, rows, width, training, dx3, y3, relu, dres3, 
     nrb = (A + rows - 1) // rows
     ncb = (K + width - 1) // width
     for t in prange(N * nrb * ncb):
-        n = t // (nrb * ncb)
-        rb = (t // ncb) % nrb
-        k0 = (t % ncb) * width
-        k1 = min(k0 + width, K)
+        n, rb, k0, k1 = _task(t, nrb, ncb, width, K)
         hi = coef[0, n, k0:k1]
         lo = coef[1, n, k0:k1]
         c0 = coef[2, n, k0:k1]

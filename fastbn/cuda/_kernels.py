@@ -47,6 +47,14 @@ def chan_merge(na, mean_a, m2_a, nb, mean_b, m2_b):
 
 
 @cuda.jit(device=True)
+def _set_coef(coef, i, mu, r):
+    """(mean_hi, mean_lo, rstd) of set ``i`` in x's dtype."""
+    coef[0, i] = mu
+    coef[1, i] = mu - float64(coef[0, i])
+    coef[2, i] = r
+
+
+@cuda.jit(device=True)
 def _finish(mean, m2, total, eps, center):
     """rstd from moments: variance (centred norms) or mean square (RMS norm)."""
     if center:
@@ -139,10 +147,7 @@ def rows_finalize(pmean, pm2, total, chunk, eps, center, mean, m2, rstd, coef):
         mean[c] = mu
         m2[c] = s
         rstd[c] = r
-        shift = mu if center else 0.0
-        coef[0, c] = shift
-        coef[1, c] = shift - float64(coef[0, c])
-        coef[2, c] = r
+        _set_coef(coef, c, mu if center else 0.0, r)
 
 
 @cuda.jit
@@ -171,9 +176,7 @@ def cols_finalize(pmean, pm2, Q, rows, R, eps, mean, m2, rstd, coef):
         mean[t] = mu
         m2[t] = s
         rstd[t] = r_
-        coef[0, t] = mu
-        coef[1, t] = mu - float64(coef[0, t])
-        coef[2, t] = r_
+        _set_coef(coef, t, mu, r_)
 
 
 @cuda.jit
@@ -185,9 +188,7 @@ def running_coef(running_mean, running_var, eps, mean, rstd, coef):
         r = 1.0 / math.sqrt(float64(running_var[c]) + eps)
         mean[c] = mu
         rstd[c] = r
-        coef[0, c] = mu
-        coef[1, c] = mu - float64(coef[0, c])
-        coef[2, c] = r
+        _set_coef(coef, c, mu, r)
 
 
 @cuda.jit
