@@ -1,7 +1,8 @@
 """`fastbn check`: every implemented op on built-in inputs, against the reference.
 
-Batch norm (train, inference, backward, frozen backward), layer norm, RMS
-norm, group norm and instance norm (forward and backward).
+Batch norm (train, inference, backward, frozen backward, the fused
+residual + ReLU epilogue), layer norm, RMS norm, group norm and instance norm
+(forward and backward).
 
 Prints one row per case: the largest absolute difference from
 :mod:`fastbn.reference` (float64), whether it is within the dtype's
@@ -76,6 +77,13 @@ def _batch_norm_cases(layout, shape, axis, dtype, rng) -> list[Case]:
     def single(fn, *args, **kw):
         return (fn(*args, **kw),)
 
+    res = rng.standard_normal(shape).astype(dtype)
+    y_epi = F.batch_norm(x, w, b, axis=axis, activation="relu", residual=res)[0]
+    g_epi = dy * (y_epi > 0)
+
+    def epilogue_ref():
+        return (np.maximum(R.batch_norm_train(x, w, b, axis=axis)[0] + res, 0),)
+
     return [
         Case("batch_norm train", layout, dtype, shape,
              partial(F.batch_norm, x, w, b, axis=axis),
@@ -89,6 +97,13 @@ def _batch_norm_cases(layout, shape, axis, dtype, rng) -> list[Case]:
         Case("batch_norm backward frozen", layout, dtype, shape,
              partial(F.batch_norm_backward, *grad, training=False, axis=axis),
              partial(R.batch_norm_backward_frozen, *grad, axis=axis)),
+        Case("batch_norm +residual relu", layout, dtype, shape,
+             partial(first, F.batch_norm, x, w, b, axis=axis, activation="relu", residual=res),
+             epilogue_ref),
+        Case("batch_norm +residual relu bwd", layout, dtype, shape,
+             partial(F.batch_norm_backward, dy, x, mean, rstd, w, axis=axis, activation="relu",
+                     y=y_epi),
+             partial(R.batch_norm_backward_train, g_epi, x, mean, rstd, w, axis=axis)),
     ]
 
 
