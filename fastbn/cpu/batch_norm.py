@@ -69,6 +69,7 @@ import numpy as np
 from .. import config
 from ._columns import (
     block_apply,
+    block_grad_sums,
     block_moments,
     blocks,
     cols_apply,
@@ -150,6 +151,28 @@ def cols_forward_small(x3, B, weight, bias, eps, coef, y3, res3, has_res, relu, 
     finish_stats(mean, m2, A * B, eps, rstd)
     forward_coef(mean, rstd, weight, bias, B, coef[:, 0])
     block_apply(x3, 0, 0, A, 0, K, coef, y3, res3, has_res, relu)
+
+
+_cols_grad_apply_serial = cols_grad_apply.serial  # a dispatcher Numba can call
+
+
+@worker
+def cols_backward_small(x3, dy3, B, mean, rstd, weight, training, colmean, s1, s2, sdy, sdxc,
+                        coef, dx3, dweight, dbias, y3, relu, dres3, has_dres):
+    """The whole column-kernel backward for a small input in one serial call: both
+    sums over all rows (one block), per-channel coefficients, then dx from cache."""
+    A, K = x3.shape[1], x3.shape[2]
+    block_grad_sums(x3, dy3, 0, 0, A, 0, K, colmean, s1, s2, y3, relu)
+    for c in range(sdy.shape[0]):
+        a = 0.0
+        t = 0.0
+        for b in range(B):
+            a += s1[c * B + b]
+            t += s2[c * B + b]
+        sdy[c] = a
+        sdxc[c] = t
+    backward_coef(mean, rstd, weight, sdy, sdxc, A * B, training, B, coef[:, 0], dweight, dbias)
+    _cols_grad_apply_serial(x3, dy3, coef, A, K, training, dx3, y3, relu, dres3, has_dres)
 
 
 @worker
@@ -300,6 +323,12 @@ def backward(dy3, x3, mean, rstd, weight, training, dx3, y3=None, relu=False, dr
     dyc = dy3.reshape(xc.shape)
     yc, dresc = y3.reshape(xc.shape), dres3.reshape(xc.shape)
     k = c * b
+    if x3.size <= config.SERIAL_MAX_ELEMENTS:
+        coef = np.empty((5, 1, k), x3.dtype)
+        cols_backward_small(xc, dyc, b, mean, rstd, weight, training, np.repeat(mean, b),
+                            np.empty(k), np.empty(k), np.empty(c), np.empty(c), coef,
+                            dx3.reshape(xc.shape), dweight, dbias, yc, relu, dresc, has_dres)
+        return dweight, dbias
     psdy = np.empty((1, nrb, k))
     psdxc = np.empty((1, nrb, k))
     cols_grad_sums(x3.size, xc, dyc, np.repeat(mean, b).reshape(1, k), rows, width, psdy, psdxc,
