@@ -184,8 +184,8 @@ def test_errors(rng):
         fastbn.batch_norm(d(x), np.ones(3, np.float32))
     with pytest.raises(TypeError, match="GPU array"):
         fastbn.batch_norm(x, d(np.ones(3, np.float32)))
-    with pytest.raises(TypeError, match="float16"):
-        fastbn.batch_norm(d(x.astype(np.float16)))
+    with pytest.raises(TypeError, match="float32"):
+        fastbn.batch_norm(d(x.astype(np.int32)))
     with pytest.raises(ValueError, match="weight"):
         fastbn.batch_norm(d(x), d(np.ones(4, np.float32)))
     with pytest.raises(ValueError, match="more than 1 value"):
@@ -263,3 +263,33 @@ def test_batch_norm_epilogue(rng, shape, axis):
     assert_close(h(dx), dx_ref, np.float64, scale=4)
     assert_close(h(dw), dw_ref, np.float64, scale=4)
     np.testing.assert_array_equal(h(d_dres), g)
+
+
+def test_float16_is_computed_in_float32(rng):
+    x = rng.normal(1, 2, (4, 3, 10)).astype(np.float16)
+    dy = rng.normal(size=x.shape).astype(np.float16)
+    rm, rv = np.zeros(3, np.float16), np.ones(3, np.float16)
+    d_rm, d_rv = d(rm), d(rv)
+    y, mean, rstd = fastbn.batch_norm(d(x), None, None, d_rm, d_rv)
+    assert y.dtype == np.float16 and mean.dtype == np.float32
+    y_cpu, mean_cpu, rstd_cpu = fastbn.batch_norm(x, None, None, rm, rv)
+    np.testing.assert_allclose(h(y).astype(np.float32), y_cpu.astype(np.float32), atol=2e-3)
+    np.testing.assert_allclose(h(d_rm).astype(np.float32), rm.astype(np.float32), atol=1e-3)
+    dx, dw, _ = fastbn.batch_norm_backward(d(dy), d(x), mean, rstd)
+    assert dx.dtype == np.float16 and dw.dtype == np.float32
+    dx_cpu, dw_cpu, _ = fastbn.batch_norm_backward(dy, x, mean_cpu, rstd_cpu)
+    np.testing.assert_allclose(h(dx).astype(np.float32), dx_cpu.astype(np.float32), atol=2e-3)
+    np.testing.assert_allclose(h(dw), dw_cpu, rtol=1e-3, atol=1e-3)
+
+    yl, ml, rl = fastbn.layer_norm(d(x), 10)
+    np.testing.assert_allclose(h(yl).astype(np.float32),
+                               fastbn.layer_norm(x, 10)[0].astype(np.float32), atol=2e-3)
+    dxl = fastbn.layer_norm_backward(d(dy), d(x), 10, ml, rl)[0]
+    assert dxl.dtype == np.float16
+    yg, mg, rg = fastbn.group_norm(d(x), 3)
+    out = cuda.device_array(x.shape, np.float16)
+    assert fastbn.group_norm(d(x), 3, out=out)[0] is out
+    np.testing.assert_allclose(h(yg).astype(np.float32),
+                               fastbn.group_norm(x, 3)[0].astype(np.float32), atol=2e-3)
+    with pytest.raises(TypeError, match="dy"):
+        fastbn.batch_norm_backward(d(dy.astype(np.float32)), d(x), mean, rstd)

@@ -12,9 +12,9 @@ def float_device(a, name: str):
     d = device(a, name)
     dtype = np.dtype(d.dtype)
     if dtype not in GPU_DTYPES:
-        kind = "float16 is not supported on the GPU; " if dtype == np.float16 else ""
-        raise TypeError(f"{name} must be a float32 or float64 device array; {kind}got dtype "
-                        f"{dtype} with shape {tuple(d.shape)}")
+        # float16 x is widened by fastbn.cuda._half before it gets here
+        raise TypeError(f"{name} must be a float16, float32 or float64 device array matching "
+                        f"x; got dtype {dtype} with shape {tuple(d.shape)}")
     if not d.is_c_contiguous():
         raise ValueError(f"{name} must be C-contiguous on the GPU; got strides {d.strides} "
                          f"for shape {tuple(d.shape)}")

@@ -17,8 +17,8 @@ from numba import cuda
 
 from .. import _checks as _host_checks
 from . import _checks as C
+from . import _half, _require_gpu, _stats, grid_1d
 from . import _kernels as K
-from . import _require_gpu, _stats, grid_1d
 
 
 def _view(d_x, ax):
@@ -30,6 +30,18 @@ def _view(d_x, ax):
 def batch_norm(x, weight, bias, running_mean, running_var, *, training, momentum, eps, axis,
                out, activation=None, residual=None):
     _require_gpu()
+    if _half.is_half(x):
+        d_out = _half.check_out(out, x)
+        d_rm, d_rv = _half.up(running_mean), _half.up(running_var)
+        y, mean, rstd = batch_norm(
+            _half.up(x), _half.up(weight), _half.up(bias), d_rm, d_rv, training=training,
+            momentum=momentum, eps=eps, axis=axis, out=None, activation=activation,
+            residual=_half.up(_half.require_half(residual, "residual")))
+        if training and _half.is_half(running_mean):
+            _half.down_into(d_rm, running_mean)
+            _half.down_into(d_rv, running_var)
+        y = _half.down(y) if d_out is None else _half.down_into(y, d_out)
+        return y, mean, rstd
     d_x = C.float_device(x, "x")
     ax = C.channel_axis(axis, len(d_x.shape), tuple(d_x.shape))
     d_x3, (a, c, b) = _view(d_x, ax)
@@ -86,6 +98,18 @@ def _cast(d, dtype):
 def batch_norm_backward(dy, x, mean, rstd, weight, *, training, axis, activation=None, y=None,
                         dresidual=None):
     _require_gpu()
+    if _half.is_half(x):
+        d_dres = _half.check_out(dresidual, x, "dresidual")
+        dres32 = None if d_dres is None else cuda.device_array(tuple(d_dres.shape), "float32")
+        _half.require_half(dy, "dy")
+        _half.require_half(y, "y")
+        dx, dw, db = batch_norm_backward(
+            _half.up(dy), _half.up(x), _half.up(mean), _half.up(rstd), _half.up(weight),
+            training=training, axis=axis, activation=activation, y=_half.up(y),
+            dresidual=dres32)
+        if d_dres is not None:
+            _half.down_into(dres32, d_dres)
+        return _half.down(dx), dw, db
     d_x = C.float_device(x, "x")
     d_dy = C.same_as(dy, d_x, "dy")
     ax = C.channel_axis(axis, len(d_x.shape), tuple(d_x.shape))

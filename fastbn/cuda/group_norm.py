@@ -16,8 +16,8 @@ import math
 from numba import cuda
 
 from . import _checks as C
+from . import _half, _require_gpu, _stats, grid_1d
 from . import _kernels as K
-from . import _require_gpu, _stats, grid_1d
 from .batch_norm import _cast
 
 
@@ -36,6 +36,11 @@ def _view(d_x, num_groups, axis):
 
 def forward(x, num_groups, weight, bias, *, eps, axis, out):
     _require_gpu()
+    if _half.is_half(x):
+        d_out = _half.check_out(out, x)
+        y, mean, rstd = forward(_half.up(x), num_groups, _half.up(weight), _half.up(bias),
+                                eps=eps, axis=axis, out=None)
+        return (_half.down(y) if d_out is None else _half.down_into(y, d_out)), mean, rstd
     d_x = C.float_device(x, "x")
     n, c, s, g, last = _view(d_x, num_groups, axis)
     d_w = C.vector(weight, "weight", (c,), d_x)
@@ -60,6 +65,11 @@ def forward(x, num_groups, weight, bias, *, eps, axis, out):
 
 def backward(dy, x, num_groups, mean, rstd, weight, *, axis):
     _require_gpu()
+    if _half.is_half(x):
+        dy = _half.require_half(dy, "dy")
+        dx, dw, db = backward(_half.up(dy), _half.up(x), num_groups, _half.up(mean),
+                              _half.up(rstd), _half.up(weight), axis=axis)
+        return _half.down(dx), dw, db
     d_x = C.float_device(x, "x")
     d_dy = C.same_as(dy, d_x, "dy")
     n, c, s, g, last = _view(d_x, num_groups, axis)

@@ -16,8 +16,8 @@ from numba import cuda
 
 from .. import config
 from . import _checks as C
+from . import _half, _require_gpu, _stats, grid_1d, threads
 from . import _kernels as K
-from . import _require_gpu, _stats, grid_1d, threads
 from .batch_norm import _cast
 
 
@@ -42,6 +42,11 @@ def _param(a, name, shape, d):
 def forward(x, normalized_shape, weight, bias, *, eps, out, center):
     """Layer norm (``center``) or RMS norm: ``(y, mean, rstd)`` device arrays."""
     _require_gpu()
+    if _half.is_half(x):
+        d_out = _half.check_out(out, x)
+        y, mean, rstd = forward(_half.up(x), normalized_shape, _half.up(weight), _half.up(bias),
+                                eps=eps, out=None, center=center)
+        return (_half.down(y) if d_out is None else _half.down_into(y, d_out)), mean, rstd
     d_x = C.float_device(x, "x")
     shape, d, lead, d_x3 = _rows(d_x, normalized_shape)
     d_w = _param(weight, "weight", shape, d)
@@ -60,6 +65,11 @@ def forward(x, normalized_shape, weight, bias, *, eps, out, center):
 def backward(dy, x, normalized_shape, mean, rstd, weight, *, center):
     """``(dx, dweight, dbias)`` device arrays (dbias is zero-cost for RMS norm)."""
     _require_gpu()
+    if _half.is_half(x):
+        dy = _half.require_half(dy, "dy")
+        dx, dw, db = backward(_half.up(dy), _half.up(x), normalized_shape, _half.up(mean),
+                              _half.up(rstd), _half.up(weight), center=center)
+        return _half.down(dx), dw, db
     d_x = C.float_device(x, "x")
     d_dy = C.same_as(dy, d_x, "dy")
     shape, d, lead, d_x3 = _rows(d_x, normalized_shape)
