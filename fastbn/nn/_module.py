@@ -1,0 +1,116 @@
+"""The layer protocol every ``fastbn.nn`` layer follows (see API.md "Layers").
+
+A layer is a thin, stateful shell: it owns its parameters (``params``), their
+gradients (``grads``), its buffers (running statistics) and what its backward
+pass needs from the last forward.  Optimizers read ``params`` and ``grads`` by
+name and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+
+class Module:
+    """Base class: ``forward``/``backward``, train/eval mode, params, state dict.
+
+    Subclasses fill ``self.params`` (trainable arrays, keyed by PyTorch's names),
+    ``self.grads`` (same keys and shapes, overwritten by each ``backward``) and
+    ``self.buffers`` (non-trainable state such as ``running_mean``), and
+    implement :meth:`forward` and :meth:`backward`.
+    """
+
+    def __init__(self) -> None:
+        self.training = True
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+
+    # -- computation -------------------------------------------------------
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """Gradient with respect to the last forward's input; parameter
+        gradients are written into ``self.grads``."""
+        raise NotImplementedError
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(x)
+
+    def _add_param(self, name: str, value: np.ndarray) -> np.ndarray:
+        self.params[name] = value
+        self.grads[name] = np.zeros_like(value)
+        return value
+
+    # -- mode --------------------------------------------------------------
+    def train(self, mode: bool = True) -> Module:
+        """Set training mode (``mode=False`` is :meth:`eval`); returns the layer."""
+        for module in self.modules():
+            module.training = bool(mode)
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def modules(self) -> Iterator[Module]:
+        """This layer and every layer inside it (containers override)."""
+        yield self
+
+    # -- bookkeeping -------------------------------------------------------
+    def num_params(self) -> tuple[int, int]:
+        """``(trainable, non_trainable)`` element counts, as Keras' summary counts
+        them: parameters, then floating-point buffers (running statistics; the
+        integer ``num_batches_tracked`` is not a parameter)."""
+        trainable = sum(p.size for m in self.modules() for p in m.params.values())
+        frozen = sum(b.size for m in self.modules() for b in m.buffers.values()
+                     if np.issubdtype(b.dtype, np.floating))
+        return int(trainable), int(frozen)
+
+    def named_state(self) -> dict[str, np.ndarray]:
+        """The live arrays behind :meth:`state_dict` (not copies)."""
+        return {**self.params, **self.buffers}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the parameters and buffers under PyTorch's key names."""
+        return {k: np.array(v, copy=True) for k, v in self.named_state().items()}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Copy ``state`` into the layer's arrays (cast to their dtypes).
+
+        Every key, shape and value is checked before anything is written, so a
+        missing key, an extra key or a wrong shape raises (KeyError / ValueError)
+        and leaves the layer unchanged.  Values may be NumPy arrays or anything
+        ``np.asarray`` takes (``tensor.numpy()``, lists, 0-d scalars).
+        """
+        own = self.named_state()
+        missing = sorted(set(own) - set(state))
+        extra = sorted(set(state) - set(own))
+        if missing or extra:
+            raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
+                           f"unexpected keys {extra}")
+        staged = {}
+        for key, target in own.items():
+            value = np.asarray(state[key])
+            if value.shape != target.shape:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: {key!r} must have "
+                                 f"shape {target.shape}; got shape {value.shape}")
+            if (np.issubdtype(target.dtype, np.integer)
+                    and not np.issubdtype(value.dtype, np.integer)):
+                raise TypeError(f"{type(self).__name__}.load_state_dict: {key!r} must be an "
+                                f"integer array; got dtype {value.dtype}")
+            staged[key] = value
+        for key, value in staged.items():
+            own[key][...] = value
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def output_shape(self, input_shape: tuple) -> tuple:
+        """Shape of the output for an input of ``input_shape`` (used by summaries)."""
+        return tuple(input_shape)
