@@ -4,9 +4,20 @@ Every layer follows one protocol (API.md "Layers"): ``forward(x)`` /
 ``layer(x)``, ``backward(dy)`` from what the last forward saved,
 ``params``/``grads`` dicts under PyTorch's names, ``train()``/``eval()``,
 ``num_params()``, ``state_dict()``/``load_state_dict()``.
+
+- Normalization layers (:mod:`fastbn.nn.norm`): ``BatchNorm`` (with ghost
+  batch norm, batch renormalization, the fused ReLU and Keras interop),
+  ``LayerNorm``, ``RMSNorm``, ``GroupNorm``, ``InstanceNorm``, and
+  ``recompute_statistics`` (precise BN).
+- The toolkit, just enough for the tutorial's experiments and small networks:
+  ``Dense``, ``Conv2d``, ``ReLU``, ``Dropout``, ``MaxPool2d``,
+  ``GlobalAvgPool2d``, ``Flatten``, ``Sequential`` (with a Keras-style
+  ``summary()``), ``SoftmaxCrossEntropy``, ``SGD`` and ``Adam``.
 """
 
 from ._module import Module
+from .layers import Conv2d, Dense, Dropout, Flatten, GlobalAvgPool2d, MaxPool2d, ReLU
+from .losses import SoftmaxCrossEntropy, accuracy
 from .norm import (
     BatchNorm,
     GroupNorm,
@@ -17,6 +28,8 @@ from .norm import (
     recompute_statistics,
     to_keras,
 )
+from .optim import SGD, Adam
+from .sequential import Sequential
 
 __all__ = [
     "Module",
@@ -28,4 +41,16 @@ __all__ = [
     "from_keras",
     "to_keras",
     "recompute_statistics",
+    "Dense",
+    "Conv2d",
+    "ReLU",
+    "Dropout",
+    "MaxPool2d",
+    "GlobalAvgPool2d",
+    "Flatten",
+    "Sequential",
+    "SoftmaxCrossEntropy",
+    "accuracy",
+    "SGD",
+    "Adam",
 ]
