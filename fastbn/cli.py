@@ -1,8 +1,9 @@
-"""The ``fastbn`` command line: ``bench``, ``check`` and ``warmup``."""
+"""The ``fastbn`` command line: ``bench``, ``check``, ``warmup`` and ``experiment``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .bench import OPS
@@ -24,6 +25,24 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--ops", nargs="+", metavar="OP", help="subset of: " + ", ".join(OPS))
     bench.add_argument("--json", metavar="PATH", help="write the results as JSON")
     bench.add_argument("--plot", metavar="PATH", help="write a bar chart (needs matplotlib)")
+    experiment = sub.add_parser(
+        "experiment", help="run one of the tutorial's experiments; write NAME.csv and NAME.png",
+        description="Run one of the tutorial's batch-normalization experiments on "
+                    "scikit-learn's digits (or MNIST with --data), write DIR/NAME.csv and "
+                    "DIR/NAME.png and print the summary (mean ± std over seeds).")
+    # NAME is checked by hand, not with argparse choices, so a bad name is one line.
+    experiment.add_argument("name", metavar="NAME",
+                            help="convergence, learning-rate, init or small-batch")
+    experiment.add_argument("--quick", action="store_true",
+                            help="2 seeds, fewer epochs and grid points (seconds, not minutes)")
+    experiment.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    experiment.add_argument("--out", metavar="DIR", default=".",
+                            help="output directory, created if missing (default: .)")
+    experiment.add_argument("--seed", metavar="N", type=int, default=0,
+                            help="first seed; runs use N, N+1, ... (default: 0)")
+    experiment.add_argument("--data", metavar="PATH",
+                            help="a directory of MNIST IDX files (train-images-idx3-ubyte, "
+                                 "... raw or .gz) instead of the digits; never downloads")
     return parser
 
 
@@ -49,7 +68,43 @@ def main(argv: list[str] | None = None) -> int:
 
         warmup()
         return 0
+    if args.command == "experiment":
+        return _experiment(args)
     return 2  # unreachable: argparse enforces the choices
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    """``fastbn experiment``: any problem with the request is one line on stderr, exit 2."""
+    from . import experiments
+
+    def fail(message: str) -> int:
+        print(f"fastbn experiment: {message}", file=sys.stderr)
+        return 2
+
+    if args.name not in experiments.EXPERIMENTS:
+        return fail(f"unknown experiment {args.name!r}; choose from "
+                    f"{', '.join(experiments.EXPERIMENTS)}")
+    if args.seed < 0:
+        return fail(f"--seed must be >= 0; got {args.seed}")
+    if args.quick and args.tiny:
+        return fail("--quick and --tiny exclude each other")
+    missing = experiments.missing_extras(need_sklearn=args.data is None)
+    if missing:
+        return fail(f"needs {', '.join(missing)}: pip install \"fastbn[experiments]\"")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        return fail(f"cannot create --out {args.out}: {exc}")
+    from .experiments import data as data_mod
+
+    try:
+        dataset = data_mod.load(args.data)
+    except (OSError, ValueError) as exc:
+        return fail(f"--data: {exc}" if args.data else str(exc))
+    mode = "quick" if args.quick else "tiny" if args.tiny else "full"
+    experiments.run_experiment(args.name, mode=mode, out=args.out, seed=args.seed,
+                               data=dataset, data_path=args.data)
+    return 0
 
 
 if __name__ == "__main__":

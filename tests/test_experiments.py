@@ -1,0 +1,284 @@
+"""The tutorial's experiments: the command line, each experiment on a tiny config, profile."""
+
+import csv
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_data import write_mnist
+
+from fastbn import cli, experiments
+from fastbn import functional as F
+from fastbn.experiments import data, profile, report, train
+
+COLUMNS = {
+    "convergence": {"dataset", "model", "seed", "epoch", "train_loss", "val_loss",
+                    "val_accuracy", "epoch_s", "elapsed_s", "diverged"},
+    "learning-rate": {"dataset", "optimizer", "model", "lr", "seed", "epochs_run",
+                      "train_loss", "val_accuracy", "diverged"},
+    "init": {"dataset", "model", "init_scale", "seed", "epochs_run", "epoch1_accuracy",
+             "train_loss", "val_accuracy", "diverged"},
+    "small-batch": {"dataset", "norm", "batch_size", "seed", "lr", "epochs_run", "steps",
+                    "train_loss", "val_accuracy", "val_error_pct", "diverged", "seconds"},
+}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load_digits()
+
+
+def one_line_error(capsys, argv) -> str:
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("fastbn experiment: ")
+    return lines[0]
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def test_cli_unknown_name(capsys):
+    line = one_line_error(capsys, ["experiment", "nope"])
+    assert "unknown experiment 'nope'" in line and "small-batch" in line
+
+
+def test_cli_unreadable_data(capsys, tmp_path):
+    line = one_line_error(capsys, ["experiment", "init", "--data", str(tmp_path / "nowhere")])
+    assert "no such directory" in line
+    line = one_line_error(capsys, ["experiment", "init", "--data", str(tmp_path)])
+    assert "train-images-idx3-ubyte" in line and "not found" in line
+
+
+def test_cli_corrupt_idx(capsys, tmp_path):
+    write_mnist(tmp_path)
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-7])
+    line = one_line_error(capsys, ["experiment", "convergence", "--tiny", "--data",
+                                   str(tmp_path), "--out", str(tmp_path / "out")])
+    assert "truncated" in line and "t10k-images-idx3-ubyte" in line
+    assert not (tmp_path / "out" / "convergence.csv").exists()
+
+
+def test_cli_missing_extras(capsys, monkeypatch):
+    monkeypatch.setattr(experiments, "missing_extras", lambda **kw: ["matplotlib"])
+    line = one_line_error(capsys, ["experiment", "init"])
+    assert 'pip install "fastbn[experiments]"' in line
+
+
+def test_cli_bad_seed_and_out(capsys, tmp_path):
+    assert "--seed" in one_line_error(capsys, ["experiment", "init", "--seed", "-1"])
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert "--out" in one_line_error(capsys, ["experiment", "init", "--out", str(blocker)])
+
+
+def test_cli_writes_csv_png_and_summary(capsys, tmp_path):
+    out = tmp_path / "new" / "dir"
+    assert cli.main(["experiment", "init", "--tiny", "--out", str(out), "--seed", "3"]) == 0
+    stdout = capsys.readouterr().out
+    assert "fastbn experiment init --tiny --seed 3" in stdout
+    assert "BN final acc %" in stdout and "±" in stdout and "Claim" in stdout
+    with open(out / "init.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert COLUMNS["init"] <= set(rows[0])
+    assert {int(r["seed"]) for r in rows} == {3, 4}
+    assert (out / "init.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_mnist_end_to_end(capsys, tmp_path):
+    """A tiny synthetic MNIST in IDX files (gzip), through the MLP and the CNN."""
+    write_mnist(tmp_path, n_train=64, n_val=30, compress=True)
+    for name in ("convergence", "small-batch"):
+        assert cli.main(["experiment", name, "--tiny", "--data", str(tmp_path),
+                         "--out", str(tmp_path / "out")]) == 0
+        rows = report.read_csv(tmp_path / "out" / f"{name}.csv")
+        assert {r["dataset"] for r in rows} == {"mnist"}
+        assert all(math.isfinite(r["val_accuracy"]) for r in rows if not r["diverged"])
+        assert (tmp_path / "out" / f"{name}.png").stat().st_size > 1000
+    assert f"--data {tmp_path}" in capsys.readouterr().out
+
+
+def test_importing_does_not_import_the_extras():
+    code = ("import sys, fastbn, fastbn.cli, fastbn.experiments; "
+            "bad = [m for m in ('matplotlib', 'sklearn', 'tqdm') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- each experiment, config -> table -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(experiments.EXPERIMENTS))
+def test_experiment_tiny_table(name, digits, tmp_path):
+    module = experiments.get(name)
+    config = module.make_config("tiny", seed=5, dataset="digits")
+    assert config.seeds == (5, 6)
+    rows = module.run(config, digits, progress=False)
+    assert rows and all(set(r) == COLUMNS[name] for r in rows)
+    assert {r["seed"] for r in rows} == {5, 6}
+    for r in rows:
+        if not r["diverged"]:
+            assert all(math.isfinite(v) for v in r.values() if isinstance(v, float)), r
+            assert 0.0 <= r["val_accuracy"] <= 1.0
+    summary, verdicts = module.summarize(rows, config)
+    assert summary and all(isinstance(line, str) for line in verdicts)
+    module.plot(rows, config, tmp_path / "fig.png", caption="test")
+    assert (tmp_path / "fig.png").stat().st_size > 1000
+
+
+def test_configs_quick_and_full_are_sane():
+    for name in experiments.EXPERIMENTS:
+        module = experiments.get(name)
+        quick, full = module.make_config("quick", 0), module.make_config("full", 0)
+        assert len(quick.seeds) == 2 and len(full.seeds) >= 3
+        assert quick.epochs <= full.epochs
+    lr = experiments.get("learning-rate")
+    assert len(lr.make_config("full").lrs) == 9 and len(lr.make_config("quick").lrs) == 5
+    assert lr.make_config("full").lrs[0] == 1e-4 and lr.make_config("full").lrs[-1] == 1.0
+    sb = experiments.get("small-batch").make_config("full")
+    assert sb.batch_sizes == (2, 4, 8, 16, 32) and len(sb.seeds) == 3
+    assert set(sb.norms) == {"BN", "GN", "LN", "IN", "BRN", "GBN", "none"}
+    assert sb.lr(8) == pytest.approx(sb.base_lr / 4)
+    assert len(experiments.get("convergence").make_config("full").seeds) == 5
+
+
+# --- the training loop ----------------------------------------------------------------------
+
+
+def test_divergence_is_recorded_not_raised(digits):
+    small = digits.subset(200, 50)
+    init_rng, order_rng = train.seed_rngs(0, "init", "order")
+    model = train.mlp(64, 10, bn=False, init_scale=10.0, rng=init_rng)
+    run = train.fit(model, train.optimizer("SGD", model, 10.0), small, epochs=3,
+                    batch_size=32, rng=order_rng, flatten=True)
+    assert run.diverged and run.diverged_epoch == 1 and run.history == []
+    assert math.isnan(run.final["val_accuracy"])
+
+
+def test_fit_trains_and_seeds_reproduce(digits):
+    small = digits.subset(300, 100)
+
+    def once():
+        init_rng, order_rng = train.seed_rngs(1, "init", "order")
+        model = train.mlp(64, 10, bn=True, rng=init_rng)
+        return train.fit(model, train.optimizer("Adam", model, 1e-3), small, epochs=3,
+                         batch_size=32, rng=order_rng, flatten=True)
+
+    a, b = once(), once()
+    assert not a.diverged and a.steps == 3 * (300 // 32)
+    assert a.history[-1]["val_accuracy"] > 0.5
+    assert a.history[-1]["train_loss"] < a.history[0]["train_loss"]
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+
+
+def test_cnn_shapes_and_norms():
+    x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    for norm in train.NORMS:
+        model = train.cnn((1, 8, 8), 10, norm=norm, rng=np.random.default_rng(0))
+        assert model(x).shape == (4, 10)
+    big = train.cnn((1, 28, 28), 10, norm="GN", rng=np.random.default_rng(0))
+    assert big(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 10)
+
+
+def test_renorm_warmup_schedule():
+    w = train.RenormWarmup()
+    assert w.values(0, 100) == (1.0, 0.0)
+    assert w.values(4, 100) == (1.0, 0.0)
+    assert w.values(30, 100)[0] == pytest.approx(3.0)
+    assert w.values(20, 100)[1] == pytest.approx(5.0)
+    r, d = w.values(12, 100)
+    assert 1.0 < r < 3.0 and 0.0 < d < 5.0
+    assert w.values(100, 100) == (3.0, 5.0)
+    model = train.cnn((1, 8, 8), 10, norm="BRN")
+    w(model, 100, 100)
+    assert [(m.rmax, m.dmax) for m in train.renorm_layers(model)] == [(3.0, 5.0)] * 2
+
+
+def test_report_helpers(tmp_path):
+    rows = [{"a": "x", "v": 1.0, "ok": True}, {"a": "x", "v": 3.0, "ok": False},
+            {"a": "y", "v": float("nan"), "ok": True}]
+    agg = report.aggregate(rows, ["a"], "v")
+    assert agg[0] == {"a": "x", "mean": 2.0, "std": pytest.approx(math.sqrt(2)), "n": 2,
+                      "total": 2}
+    assert agg[1]["n"] == 0 and math.isnan(agg[1]["mean"])
+    report.write_csv(rows, tmp_path / "t.csv")
+    back = report.read_csv(tmp_path / "t.csv")
+    assert back[1] == {"a": "x", "v": 3.0, "ok": 0.0} and math.isnan(back[2]["v"])
+    assert report.pm(0.1234, 0.01, ".2f", 100) == "12.34 ± 1.00"
+    assert "a" in report.format_table(rows).splitlines()[0]
+
+
+# --- profile --------------------------------------------------------------------------------
+
+TOL = dict(rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("shape", [(16, 8), (6, 8, 5, 5)])
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_numpy_formula_batch_norm_matches_fastbn(shape, activation):
+    rng = np.random.default_rng(0)
+    x = rng.normal(1, 2, shape).astype(np.float32)
+    dy = rng.normal(size=shape).astype(np.float32)
+    w, b = rng.normal(size=8).astype(np.float32), rng.normal(size=8).astype(np.float32)
+    for training in (True, False):
+        rm1, rv1 = np.full(8, 0.5, np.float32), np.full(8, 2.0, np.float32)
+        rm2, rv2 = rm1.copy(), rv1.copy()
+        y1, m1, r1 = F.batch_norm(x, w, b, rm1, rv1, training=training, activation=activation)
+        y2, m2, r2 = profile.batch_norm(x, w, b, rm2, rv2, training=training,
+                                        activation=activation)
+        for p, q in ((y1, y2), (m1, m2), (r1, r2), (rm1, rm2), (rv1, rv2)):
+            np.testing.assert_allclose(q, p, **TOL)
+        assert y2.dtype == np.float32 and m2.dtype == np.float32
+        g1 = F.batch_norm_backward(dy, x, m1, r1, w, training=training,
+                                   activation=activation, y=y1)
+        g2 = profile.batch_norm_backward(dy, x, m1, r1, w, training=training,
+                                         activation=activation, y=y1)
+        for p, q in zip(g1, g2, strict=True):
+            np.testing.assert_allclose(q, p, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_numpy_formula_group_norm_matches_fastbn(axis):
+    rng = np.random.default_rng(1)
+    shape = (3, 8, 4, 5) if axis == 1 else (3, 4, 5, 8)
+    x = rng.normal(-1, 3, shape).astype(np.float32)
+    dy = rng.normal(size=shape).astype(np.float32)
+    w, b = rng.normal(size=8).astype(np.float32), rng.normal(size=8).astype(np.float32)
+    y1, m1, r1 = F.group_norm(x, 2, w, b, axis=axis)
+    y2, m2, r2 = profile.group_norm(x, 2, w, b, axis=axis)
+    for p, q in ((y1, y2), (m1, m2), (r1, r2)):
+        np.testing.assert_allclose(q, p, **TOL)
+    g1 = F.group_norm_backward(dy, x, 2, m1, r1, w, axis=axis)
+    g2 = profile.group_norm_backward(dy, x, 2, m1, r1, w, axis=axis)
+    for p, q in zip(g1, g2, strict=True):
+        np.testing.assert_allclose(q, p, rtol=1e-3, atol=1e-4)
+
+
+def test_numpy_backend_patches_and_restores():
+    from fastbn.nn import norm as norm_module
+
+    before = norm_module.F
+    with profile.numpy_backend() as calls:
+        assert norm_module.F is not before
+        model = train.cnn((1, 8, 8), 10, norm="BN", rng=np.random.default_rng(0))
+        model.backward(np.ones_like(model(np.ones((4, 1, 8, 8), np.float32))))
+    assert norm_module.F is before
+    assert calls["batch_norm"] == 2 and calls["batch_norm_backward"] == 2
+
+
+def test_profile_rows_and_main(capsys):
+    rows = profile.profile(("BN", "GN"), batch_size=8, steps=3, warmup=1)
+    assert [(r["norm"], r["backend"]) for r in rows] == [
+        ("BN", "fastbn"), ("BN", "numpy formula"), ("GN", "fastbn"), ("GN", "numpy formula")]
+    for r in rows:
+        assert 0 < r["norm_ms"] < r["step_ms"] and 0 < r["norm_share_pct"] < 100
+        assert r["norm_layers"] == 2
+    assert profile.main(["--steps", "2", "--warmup", "1", "--batch-size", "4",
+                         "--norms", "GN"]) == 0
+    out = capsys.readouterr().out
+    assert "norm share %" in out and "numpy formula" in out
