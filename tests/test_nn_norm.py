@@ -511,3 +511,8 @@ def test_state_dict_returns_copies():
     state = layer.state_dict()
     state["running_mean"][:] = 7
     assert not layer.buffers["running_mean"].any()
+
+
+def test_shared_layer_counted_once():
+    bn = BatchNorm(3)
+    assert Chain(bn, bn).num_params() == (6, 6)

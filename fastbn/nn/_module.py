@@ -59,13 +59,18 @@ class Module:
         """This layer and every layer inside it (containers override)."""
         yield self
 
+    def _unique_modules(self) -> list[Module]:
+        """:meth:`modules` with a layer used twice (shared weights) listed once."""
+        return list({id(m): m for m in self.modules()}.values())
+
     # -- bookkeeping -------------------------------------------------------
     def num_params(self) -> tuple[int, int]:
         """``(trainable, non_trainable)`` element counts, as Keras' summary counts
         them: parameters, then floating-point buffers (running statistics; the
         integer ``num_batches_tracked`` is not a parameter)."""
-        trainable = sum(p.size for m in self.modules() for p in m.params.values())
-        frozen = sum(b.size for m in self.modules() for b in m.buffers.values()
+        modules = self._unique_modules()
+        trainable = sum(p.size for m in modules for p in m.params.values())
+        frozen = sum(b.size for m in modules for b in m.buffers.values()
                      if np.issubdtype(b.dtype, np.floating))
         return int(trainable), int(frozen)
 

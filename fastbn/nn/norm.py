@@ -458,7 +458,26 @@ def recompute_statistics(model: Module, batches: Iterable) -> int:
     return seen
 
 
-class LayerNorm(Module):
+class _TrailingNorm(Module):
+    """Shared state of the layers that normalize over the trailing dims."""
+
+    def __init__(self, normalized_shape, eps, elementwise_affine, dtype, names) -> None:
+        super().__init__()
+        self.normalized_shape = _shape(normalized_shape)
+        self.eps = _checks.positive_eps(eps)
+        self.elementwise_affine = bool(elementwise_affine)
+        self.dtype = np.dtype(dtype)
+        if self.elementwise_affine:  # weight starts at 1, bias at 0
+            for name, fill in zip(names, (1.0, 0.0), strict=False):
+                self._add_param(name, np.full(self.normalized_shape, fill, self.dtype))
+        self._saved = None
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps}"
+                + ("" if self.elementwise_affine else ", elementwise_affine=False"))
+
+
+class LayerNorm(_TrailingNorm):
     r"""Layer normalization over the trailing ``normalized_shape`` dims
     (``torch.nn.LayerNorm``).
 
@@ -470,19 +489,7 @@ class LayerNorm(Module):
 
     def __init__(self, normalized_shape, *, eps: float = 1e-5, elementwise_affine: bool = True,
                  dtype=np.float32) -> None:
-        super().__init__()
-        self.normalized_shape = _shape(normalized_shape)
-        self.eps = _checks.positive_eps(eps)
-        self.elementwise_affine = bool(elementwise_affine)
-        self.dtype = np.dtype(dtype)
-        if self.elementwise_affine:
-            self._add_param("weight", np.ones(self.normalized_shape, self.dtype))
-            self._add_param("bias", np.zeros(self.normalized_shape, self.dtype))
-        self._saved = None
-
-    def extra_repr(self) -> str:
-        return (f"{self.normalized_shape}, eps={self.eps}"
-                + ("" if self.elementwise_affine else ", elementwise_affine=False"))
+        super().__init__(normalized_shape, eps, elementwise_affine, dtype, ("weight", "bias"))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         y, mean, rstd = F.layer_norm(x, self.normalized_shape, self.params.get("weight"),
@@ -499,7 +506,7 @@ class LayerNorm(Module):
         return dx
 
 
-class RMSNorm(Module):
+class RMSNorm(_TrailingNorm):
     r"""RMS normalization over the trailing ``normalized_shape`` dims
     (``torch.nn.RMSNorm``): ``y = x / sqrt(mean(x**2) + eps) * weight``.
 
@@ -509,18 +516,7 @@ class RMSNorm(Module):
 
     def __init__(self, normalized_shape, *, eps: float = 1e-6, elementwise_affine: bool = True,
                  dtype=np.float32) -> None:
-        super().__init__()
-        self.normalized_shape = _shape(normalized_shape)
-        self.eps = _checks.positive_eps(eps)
-        self.elementwise_affine = bool(elementwise_affine)
-        self.dtype = np.dtype(dtype)
-        if self.elementwise_affine:
-            self._add_param("weight", np.ones(self.normalized_shape, self.dtype))
-        self._saved = None
-
-    def extra_repr(self) -> str:
-        return (f"{self.normalized_shape}, eps={self.eps}"
-                + ("" if self.elementwise_affine else ", elementwise_affine=False"))
+        super().__init__(normalized_shape, eps, elementwise_affine, dtype, ("weight",))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         y, rstd = F.rms_norm(x, self.normalized_shape, self.params.get("weight"), eps=self.eps)
