@@ -20,8 +20,9 @@ COLUMNS = {
                       "train_loss", "val_accuracy", "diverged"},
     "init": {"dataset", "model", "init_scale", "seed", "epochs_run", "epoch1_accuracy",
              "train_loss", "val_accuracy", "diverged"},
-    "small-batch": {"dataset", "norm", "batch_size", "seed", "lr", "epochs_run", "steps",
-                    "train_loss", "val_accuracy", "val_error_pct", "diverged", "seconds"},
+    "small-batch": {"dataset", "model", "norm", "batch_size", "seed", "lr", "bn_pool_min",
+                    "bn_pool_max", "epochs_run", "steps", "train_loss", "val_accuracy",
+                    "val_error_pct", "diverged", "seconds"},
 }
 
 
@@ -141,10 +142,14 @@ def test_configs_quick_and_full_are_sane():
     assert len(lr.make_config("full").lrs) == 9 and len(lr.make_config("quick").lrs) == 5
     assert lr.make_config("full").lrs[0] == 1e-4 and lr.make_config("full").lrs[-1] == 1.0
     sb = experiments.get("small-batch").make_config("full")
-    assert sb.batch_sizes == (2, 4, 8, 16, 32) and len(sb.seeds) == 3
+    assert sb.batch_sizes == (2, 4, 8, 16, 32) and len(sb.seeds) == 5
+    assert sb.models == ("cnn", "mlp")
     assert set(sb.norms) == {"BN", "GN", "LN", "IN", "BRN", "GBN", "none"}
+    assert set(sb.mlp_norms) == set(sb.norms) - {"IN"}
     assert sb.lr(8) == pytest.approx(sb.base_lr / 4)
-    assert len(experiments.get("convergence").make_config("full").seeds) == 5
+    assert sb.lr(8, "mlp") == pytest.approx(sb.mlp_base_lr / 4)
+    assert 0.01 <= sb.mlp_base_lr <= 0.1
+    assert len(experiments.get("convergence").make_config("full").seeds) == 10
 
 
 # --- the training loop ----------------------------------------------------------------------
@@ -183,6 +188,65 @@ def test_cnn_shapes_and_norms():
         assert model(x).shape == (4, 10)
     big = train.cnn((1, 28, 28), 10, norm="GN", rng=np.random.default_rng(0))
     assert big(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 10)
+
+
+def test_mlp_norms():
+    x = np.random.default_rng(0).random((4, 64), dtype=np.float32)
+    for norm in train.MLP_NORMS:
+        model = train.mlp(64, 10, norm=norm, rng=np.random.default_rng(0))
+        assert model(x).shape == (4, 10)
+        assert [type(m).__name__ for m in model][:3] == {
+            "BN": ["Dense", "BatchNorm", "Dense"],
+            "GN": ["Dense", "GroupNorm", "ReLU"],
+            "LN": ["Dense", "LayerNorm", "ReLU"],
+            "BRN": ["Dense", "BatchNorm", "ReLU"],
+            "GBN": ["Dense", "BatchNorm", "ReLU"],
+            "none": ["Dense", "ReLU", "Dense"]}[norm]
+    assert model[0].params.keys() == {"weight", "bias"}             # "none": biased
+    assert train.mlp(64, 10, norm="GN")[1].num_groups == 64
+    # bn=True / False are norm="BN" / "none", weights included
+    for bn, norm in ((True, "BN"), (False, "none")):
+        a = train.mlp(64, 10, bn=bn, rng=np.random.default_rng(1))
+        b = train.mlp(64, 10, norm=norm, rng=np.random.default_rng(1))
+        assert repr(a) == repr(b)
+        assert all(np.array_equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert train.mlp(64, 10, bn=True)[1].activation == "relu"
+    assert train.mlp(64, 10, bn=True)[0].params.keys() == {"weight"}
+    for kwargs in ({}, {"bn": True, "norm": "BN"}, {"norm": "IN"}):
+        with pytest.raises(ValueError):
+            train.mlp(64, 10, **kwargs)
+
+
+def test_norm_positions():
+    assert train.norm_positions(train.cnn((1, 8, 8), 10, norm="BN"), (1, 8, 8)) == [64, 16]
+    assert train.norm_positions(train.cnn((1, 28, 28), 10, norm="BN"), (1, 28, 28)) == [
+        196, 49]
+    assert train.norm_positions(train.mlp(64, 10, norm="BN"), (64,)) == [1, 1, 1]
+    assert train.norm_positions(train.cnn((1, 8, 8), 10, norm="GN"), (1, 8, 8)) == []
+
+
+def test_small_batch_models_and_summary(digits):
+    sb = experiments.get("small-batch")
+    config = sb.make_config("tiny", seed=0)
+    rows = sb.run(config, digits, progress=False)
+    assert [(m, len([r for r in rows if r["model"] == m])) for m in ("cnn", "mlp")] == [
+        ("cnn", 3 * 2 * 2), ("mlp", 3 * 2 * 2)]
+    for r in rows:
+        per_sample = (64, 16) if r["model"] == "cnn" else (1, 1)
+        assert (r["bn_pool_max"], r["bn_pool_min"]) == tuple(
+            r["batch_size"] * p for p in per_sample)
+        assert r["lr"] == pytest.approx(config.lr(r["batch_size"], r["model"]))
+    assert {r["norm"] for r in rows if r["model"] == "mlp"} == set(config.mlp_norms)
+    summary, verdicts = sb.summarize(rows, config)
+    assert [(r["model"], r["norm"]) for r in summary] == [
+        ("CNN", "BN"), ("CNN", "GN"), ("CNN", "BRN"), ("MLP", "BN"), ("MLP", "GN"),
+        ("MLP", "LN")]
+    assert verdicts[0].startswith("GN paper")
+    assert verdicts[1] == ("CNN -- at batch 4, a BN channel pools 256 (block 1) / 64 "
+                           "(block 2) values:")
+    mlp = verdicts.index("MLP -- at batch 4, a BN channel pools 4 values:")
+    assert sum("Claim" in line for line in verdicts[mlp:]) == 3     # BN, GN, LN
+    assert sum("Claim" in line for line in verdicts[:mlp]) == 2     # BN, GN
 
 
 def test_renorm_warmup_schedule():

@@ -7,7 +7,8 @@ one of them; :func:`run_experiment` is the same from Python.
 ``convergence``           Does batch norm reach a target accuracy in fewer epochs / seconds?
 ``learning-rate``         Over which learning rates do the MLPs with and without BN train?
 ``init``                  How sensitive is training to the weight-initialization scale?
-``small-batch``           How do BN, GN, LN, IN, batch renorm and ghost BN fare at batch 2-32?
+``small-batch``           How do BN, GN, LN, IN, batch renorm and ghost BN fare at batch 2-32,
+                          in a CNN and in the MLP?
 ========================  ===================================================================
 
 Every experiment is a module with the same four functions:

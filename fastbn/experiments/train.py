@@ -6,7 +6,9 @@ Models
   MNIST).  With batch norm, each hidden layer is placed as the tutorial's
   "Best practices" advise, ``Dense(use_bias=False) -> BatchNorm -> ReLU``,
   with the BN and the ReLU fused (``BatchNorm(C, activation="relu")``);
-  without, ``Dense -> ReLU``.
+  without, ``Dense -> ReLU``.  The small-batch experiment also gives it the
+  other normalizations of :data:`MLP_NORMS` (``Dense(use_bias=False) ->
+  Norm -> ReLU``).
 * :func:`cnn` -- a small CNN for 1xHxW images with a choice of normalization
   (:data:`NORMS`), for the small-batch experiment.
 
@@ -45,6 +47,7 @@ from ..nn import (
     GlobalAvgPool2d,
     GroupNorm,
     InstanceNorm,
+    LayerNorm,
     MaxPool2d,
     ReLU,
     Sequential,
@@ -57,6 +60,10 @@ HIDDEN = (256, 128, 64)
 
 #: The normalizations of the small-CNN experiment (see :func:`norm_layer`).
 NORMS = ("BN", "GN", "LN", "IN", "BRN", "GBN", "none")
+
+#: The normalizations of the MLP (see :func:`mlp`): those of :data:`NORMS` but
+#: instance norm, which has one value per group on (N, C) input.
+MLP_NORMS = tuple(n for n in NORMS if n != "IN")
 
 #: A loss this many times above the run's reference loss (the larger of the
 #: first batch's loss and log(num_classes), the loss of a uniform guess)
@@ -88,28 +95,60 @@ def seed_rngs(seed: int, *streams: str) -> list[np.random.Generator]:
 # --- models -------------------------------------------------------------------------------
 
 
-def mlp(num_features: int, num_classes: int, *, bn: bool, hidden: tuple[int, ...] = HIDDEN,
-        init_scale: float = 1.0, rng: np.random.Generator | None = None) -> Sequential:
-    """The tutorial's MLP, with (``bn=True``) or without batch norm.
+def mlp(num_features: int, num_classes: int, *, bn: bool | None = None,
+        norm: str | None = None, hidden: tuple[int, ...] = HIDDEN, init_scale: float = 1.0,
+        rng: np.random.Generator | None = None) -> Sequential:
+    """The tutorial's MLP, with (``bn=True``) or without batch norm, or with ``norm``.
+
+    Give exactly one of ``bn`` and ``norm``; ``bn=True`` is ``norm="BN"``
+    and ``bn=False`` is ``norm="none"``.  ``norm`` is one of
+    :data:`MLP_NORMS`, each hidden layer being
+
+    * ``BN`` -- ``Dense(use_bias=False) -> BatchNorm(C, activation="relu")``
+      (batch norm and ReLU fused);
+    * ``GN``, ``BRN``, ``GBN`` -- ``Dense(use_bias=False) -> Norm -> ReLU``
+      with the CNN's layers (:func:`norm_layer`): ``GroupNorm(C // 4, C)``
+      (on ``(N, C)`` input: per sample, over groups of 4 features), batch
+      renorm, ghost batch norm;
+    * ``LN`` -- ``Dense(use_bias=False) -> LayerNorm(C) -> ReLU``, layer norm
+      over the features;
+    * ``none`` -- ``Dense -> ReLU`` (with bias).
+
+    There is no ``IN``: instance norm of a dense layer normalizes each
+    feature of each sample alone (one value per group), so it would output
+    its bias only.
 
     Every Dense layer, the output layer included, is He-initialized with its
     standard deviation multiplied by ``init_scale``.
     """
+    if (bn is None) == (norm is None):
+        raise ValueError("mlp: give exactly one of bn and norm")
+    if norm is None:
+        norm = "BN" if bn else "none"
+    if norm not in MLP_NORMS:
+        raise ValueError(f"unknown MLP norm {norm!r}; choose from {MLP_NORMS} (instance norm "
+                         f"has one value per group on dense layers)")
     layers = []
     width = num_features
     for h in hidden:
-        if bn:
-            layers += [Dense(width, h, use_bias=False, scale=init_scale, rng=rng),
-                       BatchNorm(h, activation="relu")]
-        else:
+        if norm == "none":
             layers += [Dense(width, h, scale=init_scale, rng=rng), ReLU()]
+        else:
+            layers.append(Dense(width, h, use_bias=False, scale=init_scale, rng=rng))
+            if norm == "BN":
+                layers.append(BatchNorm(h, activation="relu"))
+            elif norm == "LN":
+                layers += [LayerNorm(h), ReLU()]
+            else:
+                layers += [norm_layer(norm, h), ReLU()]
         width = h
     layers.append(Dense(width, num_classes, scale=init_scale, rng=rng))
     return Sequential(*layers)
 
 
 def norm_layer(norm: str, channels: int):
-    """One normalization layer of the small CNN (``norm`` in :data:`NORMS`, not "none").
+    """One normalization layer of the small CNN (``norm`` in :data:`NORMS`, not "none");
+    the MLP's too, but for LN.
 
     BN: ``BatchNorm(C)``; GN: ``GroupNorm(C // 4, C)`` (4 channels per
     group); LN: ``GroupNorm(1, C)``, layer norm over (C, H, W) with
@@ -156,6 +195,24 @@ def cnn(image_shape: tuple[int, int, int], num_classes: int, *, norm: str,
         *block(c_in, 16, stride), ReLU(), MaxPool2d(2),
         *block(16, 32, 1), ReLU(), GlobalAvgPool2d(),
         Dense(32, num_classes, rng=rng))
+
+
+def norm_positions(model: Sequential, input_shape: tuple[int, ...]) -> list[int]:
+    """Per batch-norm layer of ``model``, the values one channel of it sees per sample.
+
+    That is, the spatial positions of the layer's input (``H * W``; 1 for a
+    dense ``(N, C)`` input), found by following ``input_shape`` (one
+    sample's shape, without the batch axis) through the layers.  In
+    training, a BN channel's batch statistics pool ``batch_size`` times as
+    many values.
+    """
+    shape = (1, *input_shape)
+    counts = []
+    for layer in model:
+        if isinstance(layer, BatchNorm):
+            counts.append(math.prod(shape[2:]))
+        shape = tuple(layer.output_shape(shape))
+    return counts
 
 
 def renorm_layers(model) -> list:
