@@ -516,3 +516,21 @@ def test_state_dict_returns_copies():
 def test_shared_layer_counted_once():
     bn = BatchNorm(3)
     assert Chain(bn, bn).num_params() == (6, 6)
+
+
+@pytest.mark.parametrize("make_layer", [lambda: BatchNorm(3, dtype=np.float64),
+                                        lambda: BatchNorm(3, virtual_batch_size=2,
+                                                          dtype=np.float64),
+                                        lambda: GroupNorm(3, 3, dtype=np.float64),
+                                        lambda: LayerNorm(5, dtype=np.float64)],
+                         ids=["bn", "ghost", "group", "layer"])
+def test_non_contiguous_views(rng, make_layer):
+    big = make(rng, (8, 6, 10), np.float64, loc=2.0)
+    x = big[::2, ::2, ::2]  # (4, 3, 5), strided in every axis
+    dy = make(rng, (8, 6, 10), np.float64)[::2, ::2, ::2]
+    strided, contiguous = make_layer(), make_layer()
+    np.testing.assert_allclose(strided(x), contiguous(np.ascontiguousarray(x)), rtol=1e-13)
+    np.testing.assert_allclose(strided.backward(dy),
+                               contiguous.backward(np.ascontiguousarray(dy)), rtol=1e-12,
+                               atol=1e-14)
+    _state_equal_close(strided.state_dict(), contiguous.state_dict())
