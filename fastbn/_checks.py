@@ -128,10 +128,67 @@ def output(out, shape, dtype, name: str = "out"):
     return out
 
 
-def same_array(a: np.ndarray, b: np.ndarray) -> bool:
+def _layout(a) -> tuple[int, tuple, tuple, int]:
+    """``(address, shape, strides, itemsize)`` of a NumPy array, an object with
+    ``__cuda_array_interface__``, or a CUDA-simulator array (which wraps a NumPy one)."""
+    if not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__"):
+        iface = a.__cuda_array_interface__
+        shape = tuple(iface["shape"])
+        itemsize = np.dtype(iface["typestr"]).itemsize
+        strides = iface.get("strides")
+        if strides is None:  # C-contiguous
+            strides, step = [], itemsize
+            for n in reversed(shape):
+                strides.insert(0, step)
+                step *= n
+        return iface["data"][0], shape, tuple(strides), itemsize
+    a = a if isinstance(a, np.ndarray) else getattr(a, "_ary", a)
+    return a.__array_interface__["data"][0], a.shape, a.strides, a.itemsize
+
+
+def byte_range(a) -> tuple[int, int]:
+    """``[start, end)``: the addresses ``a``'s elements span (host or device)."""
+    address, shape, strides, itemsize = _layout(a)
+    if 0 in shape:
+        return address, address
+    reach = [(n - 1) * s for n, s in zip(shape, strides, strict=True)]
+    start = address + sum(r for r in reach if r < 0)
+    end = address + sum(r for r in reach if r > 0) + itemsize
+    return start, end
+
+
+def may_overlap(a, b) -> bool:
+    """True when the address ranges of ``a`` and ``b`` intersect (either may be None).
+
+    Conservative (interleaved views that share no element still count), which
+    is what an output check wants: a false alarm costs a copy or an error
+    message, a miss costs a wrong result.  Host and device addresses are
+    compared only among arrays of one kind (the callers never mix them).
+    """
+    if a is None or b is None:
+        return False
+    a0, a1 = byte_range(a)
+    b0, b1 = byte_range(b)
+    return a0 < b1 and b0 < a1
+
+
+def same_array(a, b) -> bool:
     """True when ``a`` and ``b`` are the same memory with the same layout."""
-    ia, ib = a.__array_interface__, b.__array_interface__
-    return ia["data"][0] == ib["data"][0] and a.strides == b.strides and a.shape == b.shape
+    la, lb = _layout(a), _layout(b)
+    return la[0] == lb[0] and la[1:] == lb[1:]
+
+
+def refuse_overlap(outputs: dict, inputs: dict) -> None:
+    """ValueError if an output that is written in place (running statistics, ``out``)
+    may share memory with another argument: such calls are refused, not guessed at."""
+    names = list(outputs)
+    for i, name in enumerate(names):
+        others = {**{k: v for k, v in outputs.items() if k in names[i + 1:]}, **inputs}
+        for other, b in others.items():
+            if may_overlap(outputs[name], b):
+                raise ValueError(
+                    f"{name} shares memory with {other}; {name} is written in place, so it "
+                    f"must not overlap any other argument (pass a separate array)")
 
 
 def as_3d(x: np.ndarray, axis: int) -> np.ndarray:
@@ -143,11 +200,20 @@ def as_3d(x: np.ndarray, axis: int) -> np.ndarray:
     return xc.reshape(a, shape[axis], b)
 
 
-def result_buffer(out, x3: np.ndarray, src: np.ndarray):
+def result_buffer(out, x3: np.ndarray, src, *inputs):
     """Where a kernel writes a result shaped like ``x3``: ``out`` itself when its
-    memory can take the kernel's layout and dtype directly, else a new array."""
+    memory can take the kernel's layout and dtype directly and the kernel cannot
+    read what it has written, else a new array (that :func:`deliver` copies into
+    ``out`` once the kernel has read every input).
+
+    ``src`` may be ``out`` itself (the kernels read each element of ``src``
+    before they write that element of the result: ``out=x`` works in place) but
+    must not partly overlap it; ``inputs`` (``None`` allowed) must not overlap
+    ``out`` at all.
+    """
     if (out is not None and out.dtype == x3.dtype and out.flags.c_contiguous
-            and (not np.may_share_memory(out, src) or same_array(out, src))):
+            and (src is None or not may_overlap(out, src) or same_array(out, src))
+            and not any(may_overlap(out, a) for a in inputs)):
         return out.reshape(x3.shape)
     return np.empty_like(x3)
 

@@ -75,7 +75,8 @@ def batch_norm(
     weight, bias : ndarray of shape (C,), optional
         Per-channel scale (gamma) and shift (beta); ``None`` means 1 and 0.
     running_mean, running_var : ndarray of shape (C,), optional
-        Training: updated in place if given (both or neither).  Inference:
+        Training: updated in place if given (both or neither), so they must
+        not share memory with any other argument (ValueError).  Inference:
         required, used as the statistics and left untouched.
     training : bool
         Normalize with the batch's statistics (True) or the running ones.
@@ -87,7 +88,10 @@ def batch_norm(
     axis : int
         The channel axis.
     out : ndarray, optional
-        Where to write y (x's shape and dtype, writeable).  ``out=x`` is allowed.
+        Where to write y (x's shape and dtype, writeable).  ``out=x`` is
+        computed in place.  An ``out`` that overlaps x partly, or residual,
+        weight or bias, is computed into a temporary and then copied, so the
+        result is exact; one that overlaps a running statistic is refused.
     activation : {None, "relu"}
         Fused epilogue: ``y = act(bn(x) + residual)`` in the same pass over
         memory (the tutorial's Dense -> BN -> ReLU placement).
@@ -157,6 +161,13 @@ def batch_norm(
     relu = _checks.activation(activation)
     res = None if residual is None else _checks.same_as_x(residual, x, "residual")
     sdtype = _checks.stats_dtype(x.dtype)
+    if training and running_mean is not None:
+        _checks.refuse_overlap({"running_mean": running_mean, "running_var": running_var},
+                               {"x": x, "weight": weight, "bias": bias, "residual": res,
+                                "out": out})
+    elif not training:
+        _checks.refuse_overlap({"out": out},
+                               {"running_mean": running_mean, "running_var": running_var})
 
     if not training:
         mean = np.empty(c, sdtype)
@@ -167,7 +178,7 @@ def batch_norm(
             return (_checks.deliver(np.empty(x.shape, x.dtype), out, x.shape, x.dtype), mean,
                     rstd)
         x3 = _checks.as_3d(x, ax)
-        y3 = _checks.result_buffer(out, x3, x)
+        y3 = _checks.result_buffer(out, x3, x, res, weight, bias)
         res3 = None if res is None else _checks.as_3d(res, ax)
         rm, rv = (a if a.dtype != np.float16 else a.astype(np.float32)  # numba has no float16
                   for a in (running_mean, running_var))
@@ -175,7 +186,7 @@ def batch_norm(
         return _checks.deliver(y3, out, x.shape, x.dtype), mean, rstd
 
     x3 = _checks.as_3d(x, ax)
-    y3 = _checks.result_buffer(out, x3, x)
+    y3 = _checks.result_buffer(out, x3, x, res, weight, bias)
     res3 = None if res is None else _checks.as_3d(res, ax)
     mean, m2, rstd = _cpu_bn.forward_train(x3, w, b, eps, y3, res3, relu)
     if running_mean is not None:
@@ -229,7 +240,9 @@ def batch_norm_backward(
     dresidual : ndarray, optional
         If given (x's shape and dtype, writeable), receives the gradient with
         respect to the forward's ``residual`` (``dy`` after the activation's
-        mask), written in the same pass as ``dx``.
+        mask), written in the same pass as ``dx``.  It may be ``dy`` itself or
+        overlap any input: then it is written to a temporary first and copied
+        once every input has been read.
 
     Returns
     -------
@@ -282,7 +295,9 @@ def batch_norm_backward(
     dy3 = _checks.as_3d(dy, ax)
     dx3 = np.empty_like(x3)
     y3 = None if y is None else _checks.as_3d(y, ax)
-    dres3 = None if dresidual is None else _checks.result_buffer(dresidual, x3, x)
+    # The kernels write dresidual before they read x: any overlap goes through a copy.
+    dres3 = None if dresidual is None else _checks.result_buffer(
+        dresidual, x3, None, x, dy, y, mean, rstd, weight)
     dweight, dbias = _cpu_bn.backward(dy3, x3, mean64, rstd64, w, bool(training), dx3, y3, relu,
                                       dres3)
     if dresidual is not None:
@@ -374,7 +389,7 @@ def _rows_forward(x, normalized_shape, weight, bias, eps, out, center):
         nan = np.full(lead, np.nan, sdtype)
         return _checks.deliver(np.empty(x.shape, x.dtype), out, x.shape, x.dtype), nan, nan
     x3 = _checks.as_rows(x, math.prod(shape))
-    y3 = _checks.result_buffer(out, x3, x)
+    y3 = _checks.result_buffer(out, x3, x, weight, bias)
     mean, rstd = _cpu_ln.forward(x3, w, b, eps, center, y3)
     return (_checks.deliver(y3, out, x.shape, x.dtype), mean.reshape(lead).astype(sdtype),
             rstd.reshape(lead).astype(sdtype))
@@ -424,7 +439,9 @@ def layer_norm(
     eps : float > 0
         Added to the variance.
     out : ndarray, optional
-        Where to write y (x's shape and dtype).
+        Where to write y (x's shape and dtype).  ``out=x`` is computed in
+        place; any other overlap with x, weight or bias goes through a
+        temporary (exact).
 
     Returns
     -------
@@ -545,6 +562,8 @@ def group_norm(
     axis : {1, -1}
         The channel axis.
     out : ndarray, optional
+        Where to write y.  ``out=x`` is computed in place; any other overlap
+        with x, weight or bias goes through a temporary (exact).
 
     Returns
     -------
@@ -584,7 +603,7 @@ def group_norm(
         empty = np.empty((n, g), sdtype)
         return _checks.deliver(np.empty(x.shape, x.dtype), out, x.shape, x.dtype), empty, empty
     x3, last = _checks.as_groups(x, ax)
-    y3 = _checks.result_buffer(out, x3, x)
+    y3 = _checks.result_buffer(out, x3, x, weight, bias)
     mean, rstd = _cpu_gn.forward(x3, g, w, b, eps, last, y3)
     return (_checks.deliver(y3, out, x.shape, x.dtype), mean.reshape(n, g).astype(sdtype),
             rstd.reshape(n, g).astype(sdtype))
