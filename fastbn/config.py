@@ -7,7 +7,6 @@ function of the thread count, so results are identical for any
 ``numba.set_num_threads`` value.
 """
 
-import os
 
 #: Numba compile options shared by every CPU kernel.  ``fastmath`` is a set of
 #: LLVM flags, not ``True``: reassociation lets reductions vectorize and
@@ -16,14 +15,6 @@ import os
 #: its channel).
 FASTMATH = {"reassoc", "contract", "arcp"}
 JIT_OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath=FASTMATH)
-
-#: Threading layer requested from Numba when fastbn is imported.  Numba's
-#: default pick may be ``workqueue``, which aborts the process when two Python
-#: threads launch parallel kernels at once.  ``"threadsafe"`` selects ``tbb`` if
-#: it is installed, else ``omp`` (both safe under concurrent calls; only ``tbb``
-#: is also fork-safe).  An explicit ``NUMBA_THREADING_LAYER`` in the
-#: environment wins.
-THREADING_LAYER = os.environ.get("NUMBA_THREADING_LAYER", "threadsafe")
 
 #: Inputs with at most this many elements run a serial kernel: a parallel
 #: launch costs a few microseconds of thread wake-up, more than the work.

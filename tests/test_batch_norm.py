@@ -330,13 +330,53 @@ def test_concurrent_calls_from_threads(rng):
     assert numba.threading_layer() in ("omp", "tbb", "workqueue")
 
 
-def test_threading_layer_is_thread_safe():
-    from fastbn import cpu
+_THREADS_SCRIPT = """
+import os, sys, threading
+import numba
+if sys.argv[1] == "config":
+    numba.config.THREADING_LAYER = "workqueue"   # the user's choice, in code
+before = numba.config.THREADING_LAYER
+import numpy as np
+import fastbn
+assert numba.config.THREADING_LAYER == before, "importing fastbn changed Numba's settings"
+x = np.random.default_rng(0).normal(size=(64, 32, 40, 40)).astype(np.float32)
+expected = fastbn.batch_norm(x)[0]
+failures = []
+def work():
+    try:
+        for _ in range(3):
+            assert np.array_equal(fastbn.batch_norm(x)[0], expected)
+    except Exception as exc:
+        failures.append(exc)
+threads = [threading.Thread(target=work) for _ in range(6)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+assert not failures, failures
+assert numba.config.THREADING_LAYER == before
+print(numba.threading_layer())
+"""
 
-    assert cpu.THREADING_LAYER in ("omp", "tbb", "workqueue") or \
-        "NUMBA_THREADING_LAYER" in __import__("os").environ
-    fastbn.batch_norm(np.ones((256, 1024), np.float32) + np.arange(1024))
-    assert numba.threading_layer() == cpu.THREADING_LAYER
+
+@pytest.mark.parametrize("choice", ["numba-default", "config", "environment"])
+def test_threading_layer_is_the_users_choice(choice):
+    """Importing fastbn changes no Numba setting: Numba's default priority (tbb, omp,
+    workqueue) or the user's own choice stands, and concurrent calls never abort, even
+    on ``workqueue`` (fastbn serialises its launches there)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_THREADING")}
+    if choice == "environment":
+        env["NUMBA_THREADING_LAYER"] = "workqueue"
+    run = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, choice], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    layer = run.stdout.split()[-1]
+    if choice == "numba-default":
+        assert layer in ("tbb", "omp", "workqueue")
+    else:
+        assert layer == "workqueue"
 
 
 # --- mergeable statistics ------------------------------------------------------------

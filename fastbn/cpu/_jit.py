@@ -39,16 +39,26 @@ class Driver:
         self.__name__ = fn.__name__
 
     def __call__(self, size, *args):
-        """Run the serial twin when ``size`` elements are too few for threads."""
+        """Run the serial twin when ``size`` elements are too few for threads.
+
+        Parallel launches are serialised until Numba's threading layer is
+        known (it is chosen at the first launch, by Numba's priority or the
+        user's setting) and for good when it is ``workqueue``, which aborts
+        the process on concurrent launches; ``tbb`` and ``omp`` run freely.
+        """
         if size <= config.SERIAL_MAX_ELEMENTS:
             return self.serial(*args)
-        if numba.config.THREADING_LAYER == "workqueue":
-            with _WORKQUEUE_LOCK:  # workqueue aborts on concurrent launches
-                return self.parallel(*args)
-        return self.parallel(*args)
+        if _LAYER["concurrent"]:
+            return self.parallel(*args)
+        with _LAUNCH_LOCK:
+            result = self.parallel(*args)
+            _LAYER["concurrent"] = numba.threading_layer() != "workqueue"
+        return result
 
 
-_WORKQUEUE_LOCK = threading.Lock()
+_LAUNCH_LOCK = threading.Lock()
+#: Whether the threading layer in use takes concurrent launches (known after one).
+_LAYER = {"concurrent": False}
 
 
 def driver(fn):
