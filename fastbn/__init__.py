@@ -1,7 +1,9 @@
 """fastbn: fast normalization kernels for NumPy code.
 
-Batch, layer, RMS, group and instance normalization on the CPU with Numba;
-plain NumPy arrays in and out.
+Batch, layer, RMS, group and instance normalization on the CPU with Numba
+and on NVIDIA GPUs with numba-cuda; plain NumPy arrays in and out (device
+arrays on the GPU).  Stateful layers and a small network toolkit are in
+``fastbn.nn``; the tutorial's experiments in ``fastbn.experiments``.
 ``fastbn.reference`` holds the NumPy oracles every kernel is tested against.
 Importing fastbn never imports CUDA.
 """
