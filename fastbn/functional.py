@@ -14,6 +14,7 @@ Conventions shared by every function (see the README's "Conventions"):
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -195,12 +196,32 @@ def batch_norm(
 
 
 def _update_running(running_mean, running_var, mean, m2, m, momentum):
-    """In place, PyTorch's rule with the unbiased variance (float16 stats via NumPy)."""
+    """In place, PyTorch's rule with the unbiased variance (float16 stats via NumPy).
+
+    Channels whose batch statistics are not finite (NaN or inf in the batch)
+    keep their running values, with a RuntimeWarning: one bad batch must not
+    poison the statistics used at inference.  (PyTorch updates them to NaN.)
+    """
     if running_mean.dtype == np.float16 or running_var.dtype == np.float16:
-        running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
-        running_var[...] = (1.0 - momentum) * running_var + momentum * (m2 / (m - 1))
+        ok = np.isfinite(mean) & np.isfinite(m2)
+        with np.errstate(invalid="ignore", over="ignore"):
+            new_mean = (1.0 - momentum) * running_mean + momentum * mean
+            new_var = (1.0 - momentum) * running_var + momentum * (m2 / (m - 1))
+        running_mean[ok] = new_mean[ok]
+        running_var[ok] = new_var[ok]
+        skipped = int(ok.size - ok.sum())
     else:
-        _cpu_bn.update_running(running_mean, running_var, mean, m2, m, momentum)
+        skipped = _cpu_bn.update_running(running_mean, running_var, mean, m2, m, momentum)
+    if skipped:
+        warn_skipped_update(skipped, mean.shape[0])
+
+
+def warn_skipped_update(skipped: int, channels: int) -> None:
+    """The running-statistics policy's warning, shared by both backends and the layers."""
+    warnings.warn(
+        f"batch statistics are not finite (NaN or inf in the batch) in {skipped} of "
+        f"{channels} channels; their running_mean/running_var were left unchanged",
+        RuntimeWarning, stacklevel=3)
 
 
 def batch_norm_backward(

@@ -120,3 +120,35 @@ def test_error_after_validation_leaves_stats_untouched(setup):
     with pytest.raises(ValueError):
         fastbn.batch_norm(x, np.ones(3), np.ones(4), rm, rv)
     assert (rm.tobytes(), rv.tobytes()) == before
+
+
+# --- a batch whose statistics are not finite -------------------------------------------
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+@pytest.mark.parametrize("stats_dtype", [np.float32, np.float64, np.float16],
+                         ids=lambda d: np.dtype(d).name)
+def test_non_finite_batch_leaves_running_stats_of_its_channel(rng, bad, stats_dtype):
+    """Policy: skip the update of the affected channels and warn (PyTorch writes NaN)."""
+    x = rng.normal(size=(8, 4, 5)).astype(np.float32)
+    x[3, 1, 2] = bad
+    rm = rng.normal(size=4).astype(stats_dtype)
+    rv = rng.uniform(0.5, 2, 4).astype(stats_dtype)
+    before = rm.copy(), rv.copy()
+    with pytest.warns(RuntimeWarning, match="1 of 4 channels"):
+        y, _, _ = fastbn.batch_norm(x, None, None, rm, rv)
+    np.testing.assert_array_equal(rm[1], before[0][1])
+    np.testing.assert_array_equal(rv[1], before[1][1])
+    ok = [0, 2, 3]
+    ref_rm, ref_rv = before[0][ok].astype(np.float64), before[1][ok].astype(np.float64)
+    xs = x[:, ok].transpose(1, 0, 2).reshape(3, -1).astype(np.float64)
+    np.testing.assert_allclose(rm[ok], 0.9 * ref_rm + 0.1 * xs.mean(1), rtol=2e-3)
+    np.testing.assert_allclose(rv[ok], 0.9 * ref_rv + 0.1 * xs.var(1, ddof=1), rtol=2e-3)
+    assert np.isnan(y[:, 1]).all() and np.isfinite(y[:, ok]).all()
+
+
+def test_finite_batch_does_not_warn(rng):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastbn.batch_norm(rng.normal(size=(8, 4)), None, None, np.zeros(4), np.ones(4))

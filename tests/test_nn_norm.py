@@ -534,3 +534,18 @@ def test_non_contiguous_views(rng, make_layer):
                                contiguous.backward(np.ascontiguousarray(dy)), rtol=1e-12,
                                atol=1e-14)
     _state_equal_close(strided.state_dict(), contiguous.state_dict())
+
+
+@pytest.mark.parametrize("renorm", [False, True], ids=["bn", "renorm"])
+def test_layer_skips_non_finite_channels(rng, renorm):
+    layer = BatchNorm(3, renorm=renorm)
+    layer(make(rng, (8, 3), np.float32))
+    state = layer.state_dict()
+    x = make(rng, (8, 3), np.float32)
+    x[2, 0] = np.nan
+    with pytest.warns(RuntimeWarning, match="1 of 3 channels"):
+        layer(x)
+    for k in ("running_mean", "running_var"):
+        assert layer.buffers[k][0] == state[k][0]
+        assert np.all(layer.buffers[k][1:] != state[k][1:])
+    assert int(layer.buffers["num_batches_tracked"]) == 2  # the batch still counts

@@ -177,11 +177,20 @@ def cols_backward_small(x3, dy3, B, mean, rstd, weight, training, colmean, s1, s
 
 @worker
 def update_running(running_mean, running_var, mean, m2, m, momentum):
-    """PyTorch's rule with the unbiased variance ``m2 / (m - 1)``, in place."""
+    """PyTorch's rule with the unbiased variance ``m2 / (m - 1)``, in place.
+
+    A channel whose batch statistics are not finite keeps its running values;
+    returns how many channels were skipped so (the caller warns).
+    """
     keep = 1.0 - momentum
+    skipped = 0
     for c in range(mean.shape[0]):
+        if not (np.isfinite(mean[c]) and np.isfinite(m2[c])):
+            skipped += 1
+            continue
         running_mean[c] = keep * np.float64(running_mean[c]) + momentum * mean[c]
         running_var[c] = keep * np.float64(running_var[c]) + momentum * (m2[c] / (m - 1))
+    return skipped
 
 
 # ---------------------------------------------------------------------------

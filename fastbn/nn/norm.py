@@ -287,9 +287,7 @@ class BatchNorm(Module):
         _, _, rstd = F.batch_norm(x, w_eff, w * d + b, mu_b, var_b, training=False,
                                   eps=self.eps, axis=self.axis, out=y,
                                   activation=self.activation)
-        momentum = self._momentum()
-        rm[...] = (1.0 - momentum) * rm + momentum * mu_b
-        rv[...] = (1.0 - momentum) * rv + momentum * (m2 / (count - 1))
+        F._update_running(rm, rv, mu_b, m2, count, self._momentum())
         self.buffers["num_batches_tracked"] += 1
         sdtype = rstd.dtype
         return mu_b.astype(sdtype), rstd, w_eff, (r, d)
