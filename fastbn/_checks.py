@@ -7,6 +7,7 @@ before a single output element or running statistic is written.
 import math
 import numbers
 import operator
+import warnings
 
 import numpy as np
 
@@ -323,3 +324,12 @@ def activation(activation) -> bool:
     if activation == "relu":
         return True
     raise ValueError(f"activation must be None or 'relu'; got {activation!r}")
+
+
+def warn_skipped_update(skipped: int, channels: int) -> None:
+    """The running-statistics policy for a batch whose statistics are not finite
+    (both backends): those channels keep their running values, and the user is told."""
+    warnings.warn(
+        f"batch statistics are not finite (NaN or inf in the batch) in {skipped} of "
+        f"{channels} channels; their running_mean/running_var were left unchanged",
+        RuntimeWarning, stacklevel=4)

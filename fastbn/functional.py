@@ -14,7 +14,6 @@ Conventions shared by every function (see the README's "Conventions"):
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 
@@ -213,15 +212,7 @@ def _update_running(running_mean, running_var, mean, m2, m, momentum):
     else:
         skipped = _cpu_bn.update_running(running_mean, running_var, mean, m2, m, momentum)
     if skipped:
-        warn_skipped_update(skipped, mean.shape[0])
-
-
-def warn_skipped_update(skipped: int, channels: int) -> None:
-    """The running-statistics policy's warning, shared by both backends and the layers."""
-    warnings.warn(
-        f"batch statistics are not finite (NaN or inf in the batch) in {skipped} of "
-        f"{channels} channels; their running_mean/running_var were left unchanged",
-        RuntimeWarning, stacklevel=3)
+        _checks.warn_skipped_update(skipped, mean.shape[0])
 
 
 def batch_norm_backward(

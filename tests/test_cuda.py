@@ -293,3 +293,28 @@ def test_float16_is_computed_in_float32(rng):
                                fastbn.group_norm(x, 3)[0].astype(np.float32), atol=2e-3)
     with pytest.raises(TypeError, match="dy"):
         fastbn.batch_norm_backward(d(dy.astype(np.float32)), d(x), mean, rstd)
+
+
+# float16 running statistics with float32 x are still refused on the GPU (issue 9).
+@pytest.mark.parametrize("stats_dtype", [np.float32, np.float64],
+                         ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("axis", [1, -1])
+def test_non_finite_batch_skips_its_channels_like_the_cpu(stats_dtype, axis):
+    """The running-statistics policy for NaN/inf batches holds on both backends."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(6, 4, 7)).astype(np.float32)
+    x[2, 1, 3] = np.nan
+    x[4, 3, 0] = np.inf
+    x = np.ascontiguousarray(np.moveaxis(x, 1, axis))
+    rm = rng.normal(size=4).astype(stats_dtype)
+    rv = rng.uniform(0.5, 2, 4).astype(stats_dtype)
+    cpu_rm, cpu_rv = rm.copy(), rv.copy()
+    with pytest.warns(RuntimeWarning, match="2 of 4 channels"):
+        y_cpu, _, _ = fastbn.batch_norm(x, None, None, cpu_rm, cpu_rv, axis=axis)
+    d_rm, d_rv = d(rm), d(rv)
+    with pytest.warns(RuntimeWarning, match="2 of 4 channels"):
+        y, _, _ = fastbn.batch_norm(d(x), None, None, d_rm, d_rv, axis=axis)
+    for got, cpu, old in ((h(d_rm), cpu_rm, rm), (h(d_rv), cpu_rv, rv)):
+        np.testing.assert_array_equal(got[[1, 3]], old[[1, 3]])  # bit for bit
+        np.testing.assert_allclose(got, cpu, rtol=1e-5)
+    np.testing.assert_array_equal(np.isnan(h(y)), np.isnan(y_cpu))

@@ -192,10 +192,17 @@ def running_coef(running_mean, running_var, eps, mean, rstd, coef):
 
 
 @cuda.jit
-def running_update(running_mean, running_var, mean, m2, m, momentum):
-    """PyTorch's rule with the unbiased variance ``m2 / (m - 1)``, on the device."""
+def running_update(running_mean, running_var, mean, m2, m, momentum, skipped):
+    """PyTorch's rule with the unbiased variance ``m2 / (m - 1)``, on the device.
+
+    A channel whose batch statistics are not finite keeps its running values
+    and is counted in ``skipped[0]`` (the host warns).
+    """
     c = cuda.grid(1)
     if c < mean.shape[0]:
+        if not (math.isfinite(mean[c]) and math.isfinite(m2[c])):
+            cuda.atomic.add(skipped, 0, 1)
+            return
         keep = 1.0 - momentum
         running_mean[c] = keep * float64(running_mean[c]) + momentum * mean[c]
         running_var[c] = keep * float64(running_var[c]) + momentum * (m2[c] / (m - 1))

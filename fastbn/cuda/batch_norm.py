@@ -13,6 +13,7 @@ fastbn.cpu.batch_norm, fastbn.reference.batch_norm_train
 
 import math
 
+import numpy as np
 from numba import cuda
 
 from .. import _checks as _host_checks
@@ -28,15 +29,26 @@ def _view(d_x, ax):
 
 
 def batch_norm(x, weight, bias, running_mean, running_var, *, training, momentum, eps, axis,
-               out, activation=None, residual=None):
+               out, activation=None, residual=None, _caller=None):
+    """``_caller``: the caller's own arrays when the float16 path calls in with
+    float32 copies, so the running statistics' overlap check sees the originals.
+
+    ``out`` identical to x is computed in place (statistics first, then the
+    apply kernel reads ``x[i]`` before it writes ``y[i]``); any other overlap
+    of ``out`` with x, residual, weight or bias goes through a temporary copied
+    into ``out`` at the end.  Running statistics overlapping another argument
+    are refused (ValueError) before anything is written.
+    """
     _require_gpu()
     if _half.is_half(x):
         d_out = _half.check_out(out, x)
         d_rm, d_rv = _half.up(running_mean), _half.up(running_var)
+        # y comes back in a new float32 array: out is written last, after every read
         y, mean, rstd = batch_norm(
             _half.up(x), _half.up(weight), _half.up(bias), d_rm, d_rv, training=training,
             momentum=momentum, eps=eps, axis=axis, out=None, activation=activation,
-            residual=_half.up(_half.require_half(residual, "residual")))
+            residual=_half.up(_half.require_half(residual, "residual")),
+            _caller=_caller or (x, weight, bias, running_mean, running_var, residual, out))
         if training and _half.is_half(running_mean):
             _half.down_into(d_rm, running_mean)
             _half.down_into(d_rv, running_var)
@@ -61,10 +73,11 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, training, momentum
     d_out = C.output(out, d_x)
     relu = _host_checks.activation(activation)
     d_res = None if residual is None else C.same_as(residual, d_x, "residual")
+    C.refuse_running_overlap(training, *(_caller or (d_x, d_w, d_b, d_rm, d_rv, d_res, d_out)))
     dtype = d_x.dtype
+    d_y, copy_back = C.target(d_out, tuple(d_x.shape), dtype, d_x, d_res, d_w, d_b)
     d_w = d_w if d_w is not None else _stats.full(c, 1.0, dtype)
     d_b = d_b if d_b is not None else _stats.full(c, 0.0, dtype)
-    d_y = d_out if d_out is not None else cuda.device_array(tuple(d_x.shape), dtype)
     d_y3 = d_y.reshape(a, c, b)
     if training:
         if b == 1:
@@ -73,7 +86,14 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, training, momentum
         else:
             d_mean, d_m2, d_rstd, d_coef = _stats.rows_stats(d_x3, eps, True)
         if d_rm is not None:
-            K.running_update[grid_1d(c)](d_rm, d_rv, d_mean, d_m2, a * b, momentum)
+            # One int comes back to the host: the count of channels whose batch
+            # statistics were not finite (skipped, with a warning, as on the CPU).
+            d_skipped = cuda.to_device(np.zeros(1, np.int32))
+            K.running_update[grid_1d(c)](d_rm, d_rv, d_mean, d_m2, a * b, momentum,
+                                         d_skipped)
+            skipped = int(d_skipped.copy_to_host()[0])
+            if skipped:
+                _host_checks.warn_skipped_update(skipped, c)
     else:
         d_mean, d_rstd = cuda.device_array(c), cuda.device_array(c)
         d_coef = cuda.device_array((3, c), dtype)
@@ -84,7 +104,7 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, training, momentum
     else:
         _stats.rows_apply(d_x3, d_coef, d_w, d_b, c, b, d_y3,
                           None if d_res is None else d_res.reshape(a, c, b), relu)
-    return d_y, _cast(d_mean, dtype), _cast(d_rstd, dtype)
+    return C.finish(d_y, d_out, copy_back), _cast(d_mean, dtype), _cast(d_rstd, dtype)
 
 
 def _cast(d, dtype):
@@ -97,8 +117,13 @@ def _cast(d, dtype):
 
 def batch_norm_backward(dy, x, mean, rstd, weight, *, training, axis, activation=None, y=None,
                         dresidual=None):
+    """The grad-apply kernels write ``dresidual[i]`` before they read ``x[i]``: a
+    ``dresidual`` overlapping dy, x, y, mean, rstd or weight (identical included)
+    is computed into a temporary and copied into it at the end."""
     _require_gpu()
     if _half.is_half(x):
+        # dresidual is computed into a new float32 array and cast into the caller's
+        # one after every input has been read: exact whatever it overlaps
         d_dres = _half.check_out(dresidual, x, "dresidual")
         dres32 = None if d_dres is None else cuda.device_array(tuple(d_dres.shape), "float32")
         _half.require_half(dy, "dy")
@@ -123,6 +148,10 @@ def batch_norm_backward(dy, x, mean, rstd, weight, *, training, axis, activation
         raise ValueError("activation='relu' needs y, the forward's saved output, for the mask")
     d_yy = d_x if y is None else C.same_as(y, d_x, "y")
     d_dres = None if dresidual is None else C.same_as(dresidual, d_x, "dresidual")
+    has_dres = d_dres is not None
+    if has_dres:
+        d_dr, copy_back = C.target(d_dres, tuple(d_x.shape), dtype, None, d_dy, d_x, d_yy,
+                                   d_mean, d_rstd, d_w)
     d_w = d_w if d_w is not None else _stats.full(c, 1.0, dtype)
     d_dx = cuda.device_array(tuple(d_x.shape), dtype)
     one = _stats.full(1, 1.0, dtype)
@@ -138,18 +167,19 @@ def batch_norm_backward(dy, x, mean, rstd, weight, *, training, axis, activation
                                   bool(training), d_coef)
     d_dw, d_db = cuda.device_array(c, dtype), cuda.device_array(c, dtype)
     K.param_grads[grid_1d(c)](d_sdy, d_sdxc, d_rstd, c, d_dw, d_db)
-    has_dres = d_dres is not None
-    d_dres = d_dres if has_dres else d_x
+    d_dr = d_dr if has_dres else d_x
     if b == 1:
         shape = (1, a, c)
         K.cols_grad_apply[_stats.grid_stride(d_x.size)](
             d_x3.reshape(shape), d_dy.reshape(shape), d_coef, bool(training),
-            d_dx.reshape(shape), d_yy.reshape(shape), relu, d_dres.reshape(shape), has_dres)
+            d_dx.reshape(shape), d_yy.reshape(shape), relu, d_dr.reshape(shape), has_dres)
     else:
         shape = (a, c, b)
         K.rows_grad_apply[_stats.grid_stride(d_x.size)](
             d_x3, d_dy.reshape(shape), d_coef, one, 1, b, bool(training), d_dx.reshape(shape),
-            d_yy.reshape(shape), relu, d_dres.reshape(shape), has_dres)
+            d_yy.reshape(shape), relu, d_dr.reshape(shape), has_dres)
+    if has_dres:
+        C.finish(d_dr, d_dres, copy_back)
     return d_dx, d_dw, d_db
 
 

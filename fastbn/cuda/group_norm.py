@@ -48,9 +48,11 @@ def forward(x, num_groups, weight, bias, *, eps, axis, out):
     eps = C.positive_eps(eps)
     d_out = C.output(out, d_x)
     dtype = d_x.dtype
+    # out=x runs in place (statistics first, then y[i] written after x[i] is read);
+    # any other overlap with x, weight or bias goes through a temporary
+    d_y, copy_back = C.target(d_out, tuple(d_x.shape), dtype, d_x, d_w, d_b)
     d_w = d_w if d_w is not None else _stats.full(c, 1.0, dtype)
     d_b = d_b if d_b is not None else _stats.full(c, 0.0, dtype)
-    d_y = d_out if d_out is not None else cuda.device_array(tuple(d_x.shape), dtype)
     cg = c // g
     if last:
         d_x3 = d_x.reshape(n, s, c)
@@ -60,7 +62,8 @@ def forward(x, num_groups, weight, bias, *, eps, axis, out):
         d_xg = d_x.reshape(1, n * g, cg * s)
         d_mean, _, d_rstd, d_coef = _stats.rows_stats(d_xg, eps, True)
         _stats.rows_apply(d_xg, d_coef, d_w, d_b, g, s, d_y.reshape(1, n * g, cg * s))
-    return d_y, _cast(d_mean, dtype).reshape(n, g), _cast(d_rstd, dtype).reshape(n, g)
+    return (C.finish(d_y, d_out, copy_back), _cast(d_mean, dtype).reshape(n, g),
+            _cast(d_rstd, dtype).reshape(n, g))
 
 
 def backward(dy, x, num_groups, mean, rstd, weight, *, axis):

@@ -54,12 +54,15 @@ def forward(x, normalized_shape, weight, bias, *, eps, out, center):
     eps = C.positive_eps(eps)
     d_out = C.output(out, d_x)
     dtype = d_x.dtype
+    # out=x runs in place (statistics first, then y[i] written after x[i] is read);
+    # any other overlap with x, weight or bias goes through a temporary
+    d_y, copy_back = C.target(d_out, tuple(d_x.shape), dtype, d_x, d_w, d_b)
     d_w = d_w if d_w is not None else _stats.full(d, 1.0, dtype)
     d_b = d_b if d_b is not None else _stats.full(d, 0.0, dtype)
-    d_y = d_out if d_out is not None else cuda.device_array(tuple(d_x.shape), dtype)
     d_mean, _, d_rstd, d_coef = _stats.rows_stats(d_x3, eps, center)
     _stats.rows_apply(d_x3, d_coef, d_w, d_b, 1, 1, d_y.reshape(d_x3.shape))
-    return d_y, _cast(d_mean, dtype).reshape(lead), _cast(d_rstd, dtype).reshape(lead)
+    return (C.finish(d_y, d_out, copy_back), _cast(d_mean, dtype).reshape(lead),
+            _cast(d_rstd, dtype).reshape(lead))
 
 
 def backward(dy, x, normalized_shape, mean, rstd, weight, *, center):
