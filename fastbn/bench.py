@@ -23,10 +23,11 @@ from functools import partial
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from . import functional as F
 from . import reference as R
+from .cpu._jit import jit
 
 
 @dataclass
@@ -50,7 +51,7 @@ class BenchCase:
 # --- the bandwidth probe -----------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@jit(parallel=True, cache=True, nogil=True)
 def _copy(src, dst, chunk):
     n = src.size
     for t in prange((n + chunk - 1) // chunk):

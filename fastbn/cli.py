@@ -1,4 +1,4 @@
-"""The ``fastbn`` command line: ``bench``, ``check``, ``warmup`` and ``experiment``."""
+"""The ``fastbn`` command line: ``bench``, ``check``, ``warmup``, ``cache`` and ``experiment``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--quick", action="store_true", help="smaller inputs")
     check.add_argument("--repeats", type=int, default=7, help="timed calls per case")
     sub.add_parser("warmup", help="compile and cache every CPU kernel ahead of time")
+    cache = sub.add_parser(
+        "cache", help="show where the compiled kernels are cached, their number and size",
+        description="Show fastbn's compile cache: the directory (under NUMBA_CACHE_DIR when "
+                    "set, else the per-user cache directory), its files and size.")
+    cache.add_argument("--clear", action="store_true",
+                       help="remove fastbn's compiled kernels (all versions); the next call "
+                            "or `fastbn warmup` compiles them again")
     bench = sub.add_parser(
         "bench", help="benchmark every kernel against the NumPy reference and torch")
     bench.add_argument("--quick", action="store_true",
@@ -67,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         from .warmup import warmup
 
         warmup()
+        return 0
+    if args.command == "cache":
+        from . import _cache
+
+        print(_cache.clear() if args.clear else _cache.report())
         return 0
     if args.command == "experiment":
         return _experiment(args)

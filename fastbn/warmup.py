@@ -1,18 +1,22 @@
 """`fastbn warmup`: compile every CPU kernel once so later processes load it from cache.
 
-Numba compiles lazily, per dtype, on first call, and with ``cache=True``
-writes the machine code beside the package (``__pycache__``).  Running this
-once after installing makes every later first call a cache load.
+Numba compiles lazily, per dtype, on first call, and fastbn caches the
+machine code in its compile cache (:mod:`fastbn._cache`: under
+``NUMBA_CACHE_DIR`` when set, else the per-user cache directory, never the
+package).  Running this once after installing makes every later first call a
+cache load.  ``fastbn cache`` shows the cache, ``fastbn cache --clear``
+empties it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 
 import numpy as np
 
-from . import config
+from . import _cache, config
 from . import functional as F
 
 
@@ -69,5 +73,11 @@ def warmup(verbose: bool = True) -> float:
                 _exercise(dtype)
     seconds = time.perf_counter() - t0
     if verbose:
-        print(f"fastbn: CPU kernels compiled and cached in {seconds:.1f} s")
+        root = _cache.active_root()
+        if root is None:
+            print(f"fastbn: CPU kernels compiled in {seconds:.1f} s, not cached: no writable "
+                  "cache directory (set NUMBA_CACHE_DIR)")
+        else:
+            print(f"fastbn: CPU kernels compiled and cached in {seconds:.1f} s "
+                  f"({os.path.join(root, _cache.cache_key())})")
     return seconds

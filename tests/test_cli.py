@@ -19,7 +19,15 @@ def test_warmup(capsys):
     assert "compiled and cached" in capsys.readouterr().out
 
 
+def test_cache_shows_where_the_kernels_are(capsys):
+    from fastbn import _cache
+
+    assert cli.main(["cache"]) == 0  # --clear runs in tests/test_cache.py, on a private cache
+    out = capsys.readouterr().out
+    assert _cache.cache_key() in out and " files, " in out and "--clear" in out
+
+
 def test_module_entry_point():
     result = subprocess.run([sys.executable, "-m", "fastbn", "--help"], capture_output=True,
                             text=True, check=True)
-    assert "check" in result.stdout and "warmup" in result.stdout
+    assert "check" in result.stdout and "warmup" in result.stdout and "cache" in result.stdout

@@ -5,6 +5,10 @@ a chunked driver twice from one source: a ``parallel=True`` version whose
 ``prange`` loops run on Numba's thread pool, and a serial version (``prange``
 is then plain ``range``) for inputs too small to pay for waking threads.
 Both produce identical results: chunking never depends on the thread count.
+
+``cache=True`` here means fastbn's compile cache (:mod:`fastbn._cache`): a
+per-user directory keyed by fastbn's version and kernel sources, never the
+package directory.
 """
 
 import threading
@@ -13,20 +17,35 @@ import types
 import numba
 from numba import njit
 
-from .. import config
+from .. import _cache, config
 
-worker = njit(**config.JIT_OPTIONS)
+
+def jit(**options):
+    """``numba.njit(**options)``, with ``cache=True`` meaning fastbn's cache directory."""
+    options = dict(options)
+    cache = options.pop("cache", False)
+
+    def decorate(fn):
+        dispatcher = njit(**options)(fn)
+        if cache:
+            _cache.enable(dispatcher)
+        return dispatcher
+
+    return decorate
+
+
+worker = jit(**config.JIT_OPTIONS)
 
 #: For the few scalar formulas that must round identically wherever they are
 #: inlined (Chan's merge): plain IEEE arithmetic, no fastmath flags.
-exact = njit(cache=True, nogil=True, error_model="numpy")
+exact = jit(cache=True, nogil=True, error_model="numpy")
 
 
 class Driver:
     """A chunked kernel compiled twice; call ``.parallel`` or ``.serial``."""
 
     def __init__(self, fn):
-        self.parallel = njit(parallel=True, **config.JIT_OPTIONS)(fn)
+        self.parallel = jit(parallel=True, **config.JIT_OPTIONS)(fn)
         # A distinct qualname gives the serial twin its own on-disk cache
         # entry (Numba keys cache files by qualname, not by compile flags).
         twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
@@ -34,7 +53,7 @@ class Driver:
         twin.__qualname__ = fn.__qualname__ + "_serial"
         twin.__module__ = fn.__module__
         twin.__doc__ = fn.__doc__
-        self.serial = njit(parallel=False, **config.JIT_OPTIONS)(twin)
+        self.serial = jit(parallel=False, **config.JIT_OPTIONS)(twin)
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
 
