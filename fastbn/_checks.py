@@ -31,6 +31,10 @@ def float_array(a, name: str) -> np.ndarray:
             "pass all arrays on the same device")
     if not isinstance(a, np.ndarray):
         a = np.asarray(a)
+    if a.dtype.kind == "f" and not a.dtype.isnative:
+        raise TypeError(
+            f"{name} has non-native byte order (dtype {a.dtype.str}, shape {a.shape}); "
+            f"convert it first: {name}.astype({name}.dtype.newbyteorder('='))")
     if a.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{name} must be a floating-point array (float16, float32 or float64); "
