@@ -324,11 +324,12 @@ def moments(x: np.ndarray, axis: int = 1) -> tuple[int, np.ndarray, np.ndarray]:
     The mergeable form of the statistics: :func:`merge_moments` combines the
     moments of two pieces of a batch into those of the whole (Chan's formula),
     and :func:`moments_to_stats` turns them into ``(mean, rstd, unbiased_var)``.
-    ``mean`` and ``m2`` are float64 whatever x's dtype.
+    ``mean`` and ``m2`` are float64 whatever x's dtype.  A device array gives
+    device results (``count`` an int, ``mean``/``m2`` float64 device arrays), and
+    :func:`merge_moments`/:func:`moments_to_stats` take and return device arrays.
     """
     if _checks.is_cuda_array(x):
-        raise TypeError("moments() takes host (NumPy) arrays; the GPU backend computes "
-                        "statistics inside batch_norm/group_norm/layer_norm")
+        return _gpu("moments").moments(x, axis)
     x = _checks.float_array(x, "x")
     ax = _checks.channel_axis(axis, x.ndim, x.shape)
     c = x.shape[ax]
@@ -347,6 +348,9 @@ def merge_moments(a, b) -> tuple[int, np.ndarray, np.ndarray]:
     """
     na, mean_a, m2_a = a
     nb, mean_b, m2_b = b
+    if any(_checks.is_cuda_array(v) for v in (mean_a, m2_a, mean_b, m2_b)):
+        # device moments: merged on the device (a part with count 0 is not read)
+        return _gpu("moments").merge_moments(a, b)
     mean_a = np.asarray(mean_a, dtype=np.float64)
     mean_b = np.asarray(mean_b, dtype=np.float64)
     m2_a = np.asarray(m2_a, dtype=np.float64)
@@ -372,6 +376,8 @@ def moments_to_stats(count, mean, m2, eps: float = 1e-5):
     ``unbiased_var = m2 / (count - 1)`` (the running-variance convention); it
     is NaN for a count of 1.
     """
+    if _checks.is_cuda_array(mean) or _checks.is_cuda_array(m2):
+        return _gpu("moments").moments_to_stats(count, mean, m2, eps)
     eps = _checks.positive_eps(eps)
     count = int(count)
     if count <= 0:

@@ -1,5 +1,13 @@
-"""Validation of device arrays (shapes and dtypes only: nothing is copied), and
-where an op writes a result that may overlap its inputs (:func:`target`)."""
+"""Validation of device arrays, and where an op writes a result that may overlap
+its inputs or be strided (:func:`target`, :func:`finish`).
+
+Inputs that are not C-contiguous (a torch channels-last CUDA tensor, a sliced
+CuPy/numba array) are gathered into a contiguous copy on the device
+(:mod:`fastbn.cuda._layout`: one extra read and write of the array); float16
+parameters and statistics next to float32/float64 x are widened on the
+device.  Running statistics are taken as they are (any strides, float16
+included), since they are updated in place.
+"""
 
 import math
 
@@ -7,25 +15,31 @@ import numpy as np
 from numba import cuda
 
 from .. import _checks
-from . import device
+from . import _layout, device
 
 GPU_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+HALF = np.dtype(np.float16)
 
 
-def float_device(a, name: str):
+def float_device(a, name: str, *, half: bool = False):
+    """``a`` as a numba device array (zero-copy, any strides) of a GPU dtype, float16
+    too when ``half`` (parameters and statistics); else TypeError."""
     d = device(a, name)
     dtype = np.dtype(d.dtype)
-    if dtype not in GPU_DTYPES:
+    if dtype not in GPU_DTYPES and not (half and dtype == HALF):
         # float16 x is widened by fastbn.cuda._half before it gets here
         raise TypeError(f"{name} must be a float16, float32 or float64 device array matching "
                         f"x; got dtype {dtype} with shape {tuple(d.shape)}")
-    if not d.is_c_contiguous():
-        raise ValueError(f"{name} must be C-contiguous on the GPU; got strides {d.strides} "
-                         f"for shape {tuple(d.shape)}")
     return d
 
 
-def same_as(d, x, name: str):
+def array(a, name: str):
+    """An x-shaped input as a C-contiguous device array (strided ones copied on the
+    device: one extra read and write)."""
+    return _layout.contiguous(float_device(a, name))
+
+
+def _like_x(d, x, name: str):
     d = float_device(d, name)
     if tuple(d.shape) != tuple(x.shape):
         raise ValueError(f"{name} must have x's shape {tuple(x.shape)}; got {tuple(d.shape)}")
@@ -34,21 +48,34 @@ def same_as(d, x, name: str):
     return d
 
 
+def same_as(d, x, name: str):
+    """An input with x's shape and dtype, C-contiguous (copied on the device if strided)."""
+    return _layout.contiguous(_like_x(d, x, name))
+
+
 def vector(a, name: str, shape, x, *, writeable: bool = False):
-    """A parameter or statistic on the device with the given shape (any float dtype)."""
+    """A parameter or statistic on the device with the given shape (any float dtype).
+
+    Read-only ones come back C-contiguous, float16 widened to float32 (on the
+    device); ``writeable`` ones (running statistics) are the caller's array itself.
+    """
     if a is None:
         return None
-    d = float_device(a, name)
+    d = float_device(a, name, half=True)
     if tuple(d.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} for x of shape "
                          f"{tuple(x.shape)}; got shape {tuple(d.shape)}")
-    return d
+    if writeable:
+        return d
+    return _layout.contiguous(d, np.float32 if np.dtype(d.dtype) == HALF else None)
 
 
-def output(out, x):
+def output(out, x, name: str = "out"):
+    """``out`` (x's shape and dtype) as the caller's device array, any strides:
+    :func:`target` gives a strided one a contiguous temporary."""
     if out is None:
         return None
-    return same_as(out, x, "out")
+    return _like_x(out, x, name)
 
 
 def target(d_out, shape, dtype, src, *inputs):
@@ -65,7 +92,9 @@ def target(d_out, shape, dtype, src, *inputs):
     """
     if d_out is None:
         return cuda.device_array(tuple(shape), dtype), False
-    if ((src is None or not _checks.may_overlap(d_out, src) or _checks.same_array(d_out, src))
+    if (_layout.is_contiguous(d_out)
+            and (src is None or not _checks.may_overlap(d_out, src)
+                 or _checks.same_array(d_out, src))
             and not any(_checks.may_overlap(d_out, a) for a in inputs)):
         return d_out, False
     return cuda.device_array(tuple(shape), dtype), True
@@ -73,11 +102,12 @@ def target(d_out, shape, dtype, src, *inputs):
 
 def finish(d_y, d_out, copy_back):
     """The result array: ``d_out`` (filled from ``d_y`` device-to-device if
-    :func:`target` gave a temporary) or ``d_y`` when no ``out`` was given."""
+    :func:`target` gave a temporary, whatever ``d_out``'s strides) or ``d_y``
+    when no ``out`` was given."""
     if not copy_back:
         return d_y
     if math.prod(d_y.shape):
-        d_out.copy_to_device(d_y)
+        _layout.copy(d_y, d_out)  # device to device; scatters into a strided d_out
     return d_out
 
 

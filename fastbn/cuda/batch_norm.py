@@ -6,6 +6,18 @@ stride along each channel's contiguous runs); channels-last and 2-D data
 consecutive channels of a row and each thread walking its channel down the
 rows.  Backward: per-channel sums in one phase, elementwise dx in the next.
 
+Strided device input (a torch channels-last CUDA tensor, a sliced CuPy or
+numba array) is accepted: x, dy, y, residual and the parameters are first
+copied into C-contiguous arrays on the device (:mod:`fastbn.cuda._layout`),
+which costs one extra read and one extra write of each strided array; a
+strided ``out=`` (or ``dresidual=``) is computed into a contiguous temporary
+and scattered into it on the device, at the same cost.  Contiguous arrays
+cost nothing extra.  float16 parameters or statistics next to float32 x are
+widened on the device, as the CPU accepts them.  Empty batches give what the
+CPU gives.
+float16 running statistics are updated in place as the CPU updates them
+(:func:`fastbn.cuda._half.running_update`).
+
 See Also
 --------
 fastbn.cpu.batch_norm, fastbn.reference.batch_norm_train
@@ -40,40 +52,39 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, training, momentum
     are refused (ValueError) before anything is written.
     """
     _require_gpu()
+    caller = _caller or (x, weight, bias, running_mean, running_var, residual, out)
     if _half.is_half(x):
         d_out = _half.check_out(out, x)
-        d_rm, d_rv = _half.up(running_mean), _half.up(running_var)
-        # y comes back in a new float32 array: out is written last, after every read
+        # y comes back in a new float32 array: out is written last, after every read.
+        # float16 running statistics go through as they are (updated in place by
+        # _half.running_update, as the CPU does it)
         y, mean, rstd = batch_norm(
-            _half.up(x), _half.up(weight), _half.up(bias), d_rm, d_rv, training=training,
-            momentum=momentum, eps=eps, axis=axis, out=None, activation=activation,
-            residual=_half.up(_half.require_half(residual, "residual")),
-            _caller=_caller or (x, weight, bias, running_mean, running_var, residual, out))
-        if training and _half.is_half(running_mean):
-            _half.down_into(d_rm, running_mean)
-            _half.down_into(d_rv, running_var)
+            _half.up(x), _half.up(weight), _half.up(bias), running_mean, running_var,
+            training=training, momentum=momentum, eps=eps, axis=axis, out=None,
+            activation=activation, residual=_half.up(_half.require_half(residual, "residual")),
+            _caller=caller)
         y = _half.down(y) if d_out is None else _half.down_into(y, d_out)
         return y, mean, rstd
-    d_x = C.float_device(x, "x")
+    d_x = C.array(x, "x")
     ax = C.channel_axis(axis, len(d_x.shape), tuple(d_x.shape))
     d_x3, (a, c, b) = _view(d_x, ax)
     d_w = C.vector(weight, "weight", (c,), d_x)
     d_b = C.vector(bias, "bias", (c,), d_x)
-    d_rm = C.vector(running_mean, "running_mean", (c,), d_x)
-    d_rv = C.vector(running_var, "running_var", (c,), d_x)
+    d_rm = C.vector(running_mean, "running_mean", (c,), d_x, writeable=True)
+    d_rv = C.vector(running_var, "running_var", (c,), d_x, writeable=True)
     if (d_rm is None) != (d_rv is None):
         raise ValueError("pass both running_mean and running_var or neither")
     if not training and d_rm is None:
         raise ValueError("running_mean and running_var are required when training=False")
     eps = C.positive_eps(eps)
     momentum = C.unit_momentum(momentum)
-    if training and a * b <= 1:
+    if training and (a * b if c else 0) <= 1:  # as the CPU: no channel, no values
         raise ValueError("expected more than 1 value per channel when training; got x of "
                          f"shape {tuple(d_x.shape)}")
     d_out = C.output(out, d_x)
     relu = _host_checks.activation(activation)
     d_res = None if residual is None else C.same_as(residual, d_x, "residual")
-    C.refuse_running_overlap(training, *(_caller or (d_x, d_w, d_b, d_rm, d_rv, d_res, d_out)))
+    C.refuse_running_overlap(training, *caller)
     dtype = d_x.dtype
     d_y, copy_back = C.target(d_out, tuple(d_x.shape), dtype, d_x, d_res, d_w, d_b)
     d_w = d_w if d_w is not None else _stats.full(c, 1.0, dtype)
@@ -89,16 +100,23 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, training, momentum
             # One int comes back to the host: the count of channels whose batch
             # statistics were not finite (skipped, with a warning, as on the CPU).
             d_skipped = cuda.to_device(np.zeros(1, np.int32))
-            K.running_update[grid_1d(c)](d_rm, d_rv, d_mean, d_m2, a * b, momentum,
-                                         d_skipped)
+            if _half.is_half(d_rm) or _half.is_half(d_rv):
+                _half.running_update(d_rm, d_rv, d_mean, d_m2, a * b, momentum, d_skipped)
+            else:
+                K.running_update[grid_1d(c)](d_rm, d_rv, d_mean, d_m2, a * b, momentum,
+                                             d_skipped)
             skipped = int(d_skipped.copy_to_host()[0])
             if skipped:
                 _host_checks.warn_skipped_update(skipped, c)
     else:
         d_mean, d_rstd = cuda.device_array(c), cuda.device_array(c)
         d_coef = cuda.device_array((3, c), dtype)
-        K.running_coef[grid_1d(c)](d_rm, d_rv, eps, d_mean, d_rstd, d_coef)
-    if b == 1:
+        if c:  # float16 running statistics are read as the CPU does: as float32
+            K.running_coef[grid_1d(c)](_half.up(d_rm), _half.up(d_rv), eps, d_mean, d_rstd,
+                                       d_coef)
+    if d_x.size == 0:  # an empty batch (eval): nothing to normalize, as on the CPU
+        pass
+    elif b == 1:
         _stats.cols_apply(d_x3.reshape(1, a, c), d_coef, 1, d_w, d_b, d_y3.reshape(1, a, c),
                           None if d_res is None else d_res.reshape(1, a, c), relu)
     else:
@@ -107,11 +125,16 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, training, momentum
     return C.finish(d_y, d_out, copy_back), _cast(d_mean, dtype), _cast(d_rstd, dtype)
 
 
+def _zeros(n, dtype):
+    return _stats.full(n, 0.0, dtype) if n else cuda.device_array(0, dtype)
+
+
 def _cast(d, dtype):
     if d.dtype == dtype:
         return d
     out = cuda.device_array(d.shape, dtype)
-    K.cast[grid_1d(d.shape[0])](d, out)
+    if d.shape[0]:
+        K.cast[grid_1d(d.shape[0])](d, out)
     return out
 
 
@@ -135,7 +158,7 @@ def batch_norm_backward(dy, x, mean, rstd, weight, *, training, axis, activation
         if d_dres is not None:
             _half.down_into(dres32, d_dres)
         return _half.down(dx), dw, db
-    d_x = C.float_device(x, "x")
+    d_x = C.array(x, "x")
     d_dy = C.same_as(dy, d_x, "dy")
     ax = C.channel_axis(axis, len(d_x.shape), tuple(d_x.shape))
     d_x3, (a, c, b) = _view(d_x, ax)
@@ -147,8 +170,10 @@ def batch_norm_backward(dy, x, mean, rstd, weight, *, training, axis, activation
     if relu and y is None:
         raise ValueError("activation='relu' needs y, the forward's saved output, for the mask")
     d_yy = d_x if y is None else C.same_as(y, d_x, "y")
-    d_dres = None if dresidual is None else C.same_as(dresidual, d_x, "dresidual")
+    d_dres = C.output(dresidual, d_x, "dresidual")
     has_dres = d_dres is not None
+    if d_x.size == 0:  # an empty batch: zero gradients, as on the CPU
+        return cuda.device_array(tuple(d_x.shape), dtype), _zeros(c, dtype), _zeros(c, dtype)
     if has_dres:
         d_dr, copy_back = C.target(d_dres, tuple(d_x.shape), dtype, None, d_dy, d_x, d_yy,
                                    d_mean, d_rstd, d_w)

@@ -6,6 +6,16 @@ Channels first, ``(N, C, S)``: statistics with the row kernels on the
 column kernels per sample, sets of ``C/G`` adjacent columns.  Backward:
 per-(sample, channel) sums, then per-group coefficients, then dx.
 
+Strided device input (a torch channels-last CUDA tensor, a sliced CuPy or
+numba array) is accepted: x, dy, y, residual and the parameters are first
+copied into C-contiguous arrays on the device (:mod:`fastbn.cuda._layout`),
+which costs one extra read and one extra write of each strided array; a
+strided ``out=`` (or ``dresidual=``) is computed into a contiguous temporary
+and scattered into it on the device, at the same cost.  Contiguous arrays
+cost nothing extra.  float16 parameters or statistics next to float32 x are
+widened on the device, as the CPU accepts them.  Empty batches give what the
+CPU gives.
+
 See Also
 --------
 fastbn.cpu.group_norm, fastbn.reference.group_norm
@@ -18,17 +28,21 @@ from numba import cuda
 from . import _checks as C
 from . import _half, _require_gpu, _stats, grid_1d
 from . import _kernels as K
-from .batch_norm import _cast
+from .batch_norm import _cast, _zeros
 
 
-def _view(d_x, num_groups, axis):
+def _view(d_x, num_groups, axis, check=True):
+    """``check``: refuse groups of one value (the forward does, as the CPU; the
+    backward does not check it on the CPU either)."""
     shape = tuple(d_x.shape)
     ax = C.group_axis(axis, shape)
     n, c = shape[0], shape[ax]
     g = C.groups(num_groups, c, shape)
-    s = math.prod(shape) // (n * c) if n * c else 0
+    # the values per (sample, channel), from the shape alone when the batch is empty
+    s = math.prod(shape) // (n * c) if n * c else math.prod(
+        d for i, d in enumerate(shape) if i not in (0, ax))
     last = ax == len(shape) - 1
-    if c // g * s <= 1:
+    if check and c // g * s <= 1:
         raise ValueError(f"expected more than 1 value per group; got x of shape {shape} with "
                          f"{g} groups of {c // g} channels")
     return n, c, s, g, last
@@ -41,13 +55,16 @@ def forward(x, num_groups, weight, bias, *, eps, axis, out):
         y, mean, rstd = forward(_half.up(x), num_groups, _half.up(weight), _half.up(bias),
                                 eps=eps, axis=axis, out=None)
         return (_half.down(y) if d_out is None else _half.down_into(y, d_out)), mean, rstd
-    d_x = C.float_device(x, "x")
+    d_x = C.array(x, "x")
     n, c, s, g, last = _view(d_x, num_groups, axis)
     d_w = C.vector(weight, "weight", (c,), d_x)
     d_b = C.vector(bias, "bias", (c,), d_x)
     eps = C.positive_eps(eps)
     d_out = C.output(out, d_x)
     dtype = d_x.dtype
+    if d_x.size == 0:  # an empty batch: empty results, as on the CPU
+        y = d_out if d_out is not None else cuda.device_array(tuple(d_x.shape), dtype)
+        return y, cuda.device_array((n, g), dtype), cuda.device_array((n, g), dtype)
     # out=x runs in place (statistics first, then y[i] written after x[i] is read);
     # any other overlap with x, weight or bias goes through a temporary
     d_y, copy_back = C.target(d_out, tuple(d_x.shape), dtype, d_x, d_w, d_b)
@@ -73,13 +90,15 @@ def backward(dy, x, num_groups, mean, rstd, weight, *, axis):
         dx, dw, db = backward(_half.up(dy), _half.up(x), num_groups, _half.up(mean),
                               _half.up(rstd), _half.up(weight), axis=axis)
         return _half.down(dx), dw, db
-    d_x = C.float_device(x, "x")
+    d_x = C.array(x, "x")
     d_dy = C.same_as(dy, d_x, "dy")
-    n, c, s, g, last = _view(d_x, num_groups, axis)
+    n, c, s, g, last = _view(d_x, num_groups, axis, check=False)
     d_mean = C.vector(mean, "mean", (n, g), d_x).reshape(n * g)
     d_rstd = C.vector(rstd, "rstd", (n, g), d_x).reshape(n * g)
     d_w = C.vector(weight, "weight", (c,), d_x)
     dtype = d_x.dtype
+    if d_x.size == 0:  # an empty batch: zero gradients, as on the CPU
+        return cuda.device_array(tuple(d_x.shape), dtype), _zeros(c, dtype), _zeros(c, dtype)
     d_w = d_w if d_w is not None else _stats.full(c, 1.0, dtype)
     cg = c // g
     # the group mean of every (sample, channel)

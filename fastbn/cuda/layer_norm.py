@@ -5,6 +5,16 @@ x is seen as ``(1, R, D)`` rows.  Statistics: one block per chunk of a row
 elementwise, then ``dweight``/``dbias`` as column sums over the rows (tiles
 of rows by a block of columns, partials added in row-block order).
 
+Strided device input (a torch channels-last CUDA tensor, a sliced CuPy or
+numba array) is accepted: x, dy, y, residual and the parameters are first
+copied into C-contiguous arrays on the device (:mod:`fastbn.cuda._layout`),
+which costs one extra read and one extra write of each strided array; a
+strided ``out=`` (or ``dresidual=``) is computed into a contiguous temporary
+and scattered into it on the device, at the same cost.  Contiguous arrays
+cost nothing extra.  float16 parameters or statistics next to float32 x are
+widened on the device, as the CPU accepts them.  Empty batches give what the
+CPU gives.
+
 See Also
 --------
 fastbn.cpu.layer_norm, fastbn.reference.layer_norm
@@ -16,9 +26,9 @@ from numba import cuda
 
 from .. import config
 from . import _checks as C
-from . import _half, _require_gpu, _stats, grid_1d, threads
+from . import _half, _layout, _require_gpu, _stats, grid_1d, threads
 from . import _kernels as K
-from .batch_norm import _cast
+from .batch_norm import _cast, _zeros
 
 
 def _rows(d_x, normalized_shape):
@@ -28,15 +38,21 @@ def _rows(d_x, normalized_shape):
     return shape, d, lead, d_x.reshape(1, math.prod(lead), d)
 
 
+def _nan(lead, dtype):
+    n = math.prod(lead)
+    return (_stats.full(n, math.nan, dtype) if n else cuda.device_array(0, dtype)).reshape(lead)
+
+
 def _param(a, name, shape, d):
     """An elementwise parameter of ``normalized_shape`` as a flat (D,) device view."""
     if a is None:
         return None
-    da = C.float_device(a, name)
+    da = C.float_device(a, name, half=True)
     if tuple(da.shape) != tuple(shape):
         raise ValueError(f"{name} must have normalized_shape {tuple(shape)}; got shape "
                          f"{tuple(da.shape)}")
-    return da.reshape(d)
+    # contiguous (copied on the device if strided), float16 widened to float32
+    return _layout.contiguous(da, "float32" if da.dtype == "float16" else None).reshape(d)
 
 
 def forward(x, normalized_shape, weight, bias, *, eps, out, center):
@@ -47,13 +63,16 @@ def forward(x, normalized_shape, weight, bias, *, eps, out, center):
         y, mean, rstd = forward(_half.up(x), normalized_shape, _half.up(weight), _half.up(bias),
                                 eps=eps, out=None, center=center)
         return (_half.down(y) if d_out is None else _half.down_into(y, d_out)), mean, rstd
-    d_x = C.float_device(x, "x")
+    d_x = C.array(x, "x")
     shape, d, lead, d_x3 = _rows(d_x, normalized_shape)
     d_w = _param(weight, "weight", shape, d)
     d_b = _param(bias, "bias", shape, d)
     eps = C.positive_eps(eps)
     d_out = C.output(out, d_x)
     dtype = d_x.dtype
+    if d_x.size == 0:  # an empty input: NaN statistics per (empty) row, as on the CPU
+        y = d_out if d_out is not None else cuda.device_array(tuple(d_x.shape), dtype)
+        return y, _nan(lead, dtype), _nan(lead, dtype)
     # out=x runs in place (statistics first, then y[i] written after x[i] is read);
     # any other overlap with x, weight or bias goes through a temporary
     d_y, copy_back = C.target(d_out, tuple(d_x.shape), dtype, d_x, d_w, d_b)
@@ -73,15 +92,18 @@ def backward(dy, x, normalized_shape, mean, rstd, weight, *, center):
         dx, dw, db = backward(_half.up(dy), _half.up(x), normalized_shape, _half.up(mean),
                               _half.up(rstd), _half.up(weight), center=center)
         return _half.down(dx), dw, db
-    d_x = C.float_device(x, "x")
+    d_x = C.array(x, "x")
     d_dy = C.same_as(dy, d_x, "dy")
     shape, d, lead, d_x3 = _rows(d_x, normalized_shape)
     r = d_x3.shape[1]
     d_rstd = C.vector(rstd, "rstd", lead, d_x).reshape(r)
     d_mean = (C.vector(mean, "mean", lead, d_x).reshape(r) if center
-              else _stats.full(r, 0.0, d_x.dtype))
+              else _zeros(r, d_x.dtype))
     dtype = d_x.dtype
     d_w = _param(weight, "weight", shape, d)
+    if d_x.size == 0:  # an empty input: zero gradients, as on the CPU
+        return (cuda.device_array(tuple(d_x.shape), dtype), _zeros(d, dtype).reshape(shape),
+                _zeros(d, dtype).reshape(shape))
     d_w = d_w if d_w is not None else _stats.full(d, 1.0, dtype)
     d_dy3 = d_dy.reshape(1, r, d)
     d_sa, d_ss = _stats.rows_grad_sums(d_x3, d_dy3, d_mean, d_w, 1, 1)
