@@ -75,3 +75,13 @@ CUDA_TILE_ROWS = 64
 
 #: Elementwise kernels launch at most this many blocks per SM (grid-stride loops).
 CUDA_BLOCKS_PER_SM = 8
+
+#: CUDA's grid limits, blocks per grid dimension (compute capability >= 3.0):
+#: x up to 2**31 - 1, y and z up to 65,535.  Every launch stays within them:
+#: kernels loop over their blocks with grid-stride loops
+#: (``blockIdx.y + k * gridDim.y``), so a problem bigger than the grid is
+#: covered by fewer, busier blocks.  Read at every launch; tests patch them
+#: down (e.g. 2) so small inputs exercise the loops.
+CUDA_MAX_GRID_X = 2**31 - 1
+CUDA_MAX_GRID_Y = 65535
+CUDA_MAX_GRID_Z = 65535

@@ -13,6 +13,14 @@ Two views of the data, as on the CPU (:mod:`fastbn.cpu._rows`,
   ``rows`` rows by ``blockDim`` columns; thread ``k`` walks its column down
   the rows, so a warp reads consecutive addresses.
 
+Launch geometry: every kernel is a :class:`fastbn.cuda.Kernel`, whose grid is
+capped at CUDA's limits (``config.CUDA_MAX_GRID_X``/``_Y``) and whose empty
+launches are skipped, so every kernel grid-strides along each grid dimension
+it uses: blocks loop over ``blockIdx.x + k * gridDim.x`` (chunks of sets) or
+``blockIdx.y + k * gridDim.y`` (row blocks of tiles), threads over
+``cuda.grid(1) + k * cuda.gridsize(1)`` (items, columns).  Loops over blocks
+are uniform across a block, so the block reductions inside them are safe.
+
 Statistics: each thread sums ``d = x - shift`` and ``d*d`` in x's dtype over
 its few values (``shift`` = the block's first value), the block adds the
 threads' sums in float64 (:func:`._reduce.block_sum2`), and partials of
@@ -29,6 +37,7 @@ import math
 from numba import cuda, float64
 
 from .. import config
+from . import kernel
 from ._reduce import block_sum2
 
 MAX_THREADS = config.CUDA_MAX_THREADS
@@ -62,24 +71,22 @@ def _finish(mean, m2, total, eps, center):
     return 1.0 / math.sqrt(m2 / total + mean * mean + eps)
 
 
-@cuda.jit
+@kernel
 def fill(a, value):
-    i = cuda.grid(1)
-    if i < a.shape[0]:
+    for i in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
         a[i] = value
 
 
-@cuda.jit
+@kernel
 def cast(src, dst):
-    i = cuda.grid(1)
-    if i < src.shape[0]:
+    for i in range(cuda.grid(1), src.shape[0], cuda.gridsize(1)):
         dst[i] = src[i]
 
 
 # --- statistics ------------------------------------------------------------------------
 
 
-@cuda.jit
+@kernel
 def rows_moments(x3, chunk, zero, pmean, pm2):
     """Block (c, j) -> (mean, m2) of set ``c``'s values ``j*chunk : (j+1)*chunk``.
 
@@ -90,53 +97,53 @@ def rows_moments(x3, chunk, zero, pmean, pm2):
     sb = cuda.shared.array(MAX_THREADS, float64)
     A, C, B = x3.shape
     nch = pmean.shape[1]
-    c = cuda.blockIdx.x // nch
-    j = cuda.blockIdx.x % nch
-    v0 = j * chunk
-    v1 = min(v0 + chunk, A * B)
-    shift = x3[v0 // B, c, v0 % B]
-    s1 = zero
-    s2 = zero
-    for v in range(v0 + cuda.threadIdx.x, v1, cuda.blockDim.x):
-        d = x3[v // B, c, v % B] - shift
-        s1 += d
-        s2 += d * d
-    t1, t2 = block_sum2(float64(s1), float64(s2), sa, sb)
-    if cuda.threadIdx.x == 0:
-        n = float64(v1 - v0)
-        pmean[c, j] = float64(shift) + t1 / n
-        pm2[c, j] = max(t2 - t1 * t1 / n, 0.0)
+    for blk in range(cuda.blockIdx.x, C * nch, cuda.gridDim.x):
+        c = blk // nch
+        j = blk % nch
+        v0 = j * chunk
+        v1 = min(v0 + chunk, A * B)
+        shift = x3[v0 // B, c, v0 % B]
+        s1 = zero
+        s2 = zero
+        for v in range(v0 + cuda.threadIdx.x, v1, cuda.blockDim.x):
+            d = x3[v // B, c, v % B] - shift
+            s1 += d
+            s2 += d * d
+        t1, t2 = block_sum2(float64(s1), float64(s2), sa, sb)
+        if cuda.threadIdx.x == 0:
+            n = float64(v1 - v0)
+            pmean[c, j] = float64(shift) + t1 / n
+            pm2[c, j] = max(t2 - t1 * t1 / n, 0.0)
 
 
-@cuda.jit
+@kernel
 def cols_moments(x3, rows, zero, pmean, pm2):
     """Tile (p, row block, column block) -> per-column (mean, m2) into (P, blocks, K)."""
     P, Q, K = x3.shape
     nqb = pmean.shape[1]
-    k = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    p = cuda.blockIdx.y // nqb
-    qb = cuda.blockIdx.y % nqb
-    if k < K:
+    for by in range(cuda.blockIdx.y, P * nqb, cuda.gridDim.y):
+        p = by // nqb
+        qb = by % nqb
         q0 = qb * rows
         q1 = min(q0 + rows, Q)
-        shift = x3[p, q0, k]
-        s1 = zero
-        s2 = zero
-        for q in range(q0 + 1, q1):
-            d = x3[p, q, k] - shift
-            s1 += d
-            s2 += d * d
-        n = float64(q1 - q0)
-        t1 = float64(s1)
-        pmean[p, qb, k] = float64(shift) + t1 / n
-        pm2[p, qb, k] = max(float64(s2) - t1 * t1 / n, 0.0)
+        for k in range(cuda.grid(1), K, cuda.gridsize(1)):
+            shift = x3[p, q0, k]
+            s1 = zero
+            s2 = zero
+            for q in range(q0 + 1, q1):
+                d = x3[p, q, k] - shift
+                s1 += d
+                s2 += d * d
+            n = float64(q1 - q0)
+            t1 = float64(s1)
+            pmean[p, qb, k] = float64(shift) + t1 / n
+            pm2[p, qb, k] = max(float64(s2) - t1 * t1 / n, 0.0)
 
 
-@cuda.jit
+@kernel
 def rows_finalize(pmean, pm2, total, chunk, eps, center, mean, m2, rstd, coef):
     """Thread per set: merge its chunks in order; mean, m2, rstd and (hi, lo, rstd) coef."""
-    c = cuda.grid(1)
-    if c < pmean.shape[0]:
+    for c in range(cuda.grid(1), pmean.shape[0], cuda.gridsize(1)):
         n = 0
         mu = 0.0
         s = 0.0
@@ -150,13 +157,12 @@ def rows_finalize(pmean, pm2, total, chunk, eps, center, mean, m2, rstd, coef):
         _set_coef(coef, c, mu if center else 0.0, r)
 
 
-@cuda.jit
+@kernel
 def cols_finalize(pmean, pm2, Q, rows, R, eps, mean, m2, rstd, coef):
     """Thread per (sample, set of ``R`` columns): row blocks in order, then columns."""
     P, nqb, K = pmean.shape
     G = K // R
-    t = cuda.grid(1)
-    if t < P * G:
+    for t in range(cuda.grid(1), P * G, cuda.gridsize(1)):
         p = t // G
         g = t % G
         n = 0
@@ -179,11 +185,10 @@ def cols_finalize(pmean, pm2, Q, rows, R, eps, mean, m2, rstd, coef):
         _set_coef(coef, t, mu, r_)
 
 
-@cuda.jit
+@kernel
 def running_coef(running_mean, running_var, eps, mean, rstd, coef):
     """Inference statistics: ``mean = rm``, ``rstd = 1/sqrt(rv + eps)`` and their coef."""
-    c = cuda.grid(1)
-    if c < mean.shape[0]:
+    for c in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
         mu = float64(running_mean[c])
         r = 1.0 / math.sqrt(float64(running_var[c]) + eps)
         mean[c] = mu
@@ -191,21 +196,20 @@ def running_coef(running_mean, running_var, eps, mean, rstd, coef):
         _set_coef(coef, c, mu, r)
 
 
-@cuda.jit
+@kernel
 def running_update(running_mean, running_var, mean, m2, m, momentum, skipped):
     """PyTorch's rule with the unbiased variance ``m2 / (m - 1)``, on the device.
 
     A channel whose batch statistics are not finite keeps its running values
     and is counted in ``skipped[0]`` (the host warns).
     """
-    c = cuda.grid(1)
-    if c < mean.shape[0]:
+    for c in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
         if not (math.isfinite(mean[c]) and math.isfinite(m2[c])):
             cuda.atomic.add(skipped, 0, 1)
-            return
-        keep = 1.0 - momentum
-        running_mean[c] = keep * float64(running_mean[c]) + momentum * mean[c]
-        running_var[c] = keep * float64(running_var[c]) + momentum * (m2[c] / (m - 1))
+        else:
+            keep = 1.0 - momentum
+            running_mean[c] = keep * float64(running_mean[c]) + momentum * mean[c]
+            running_var[c] = keep * float64(running_var[c]) + momentum * (m2[c] / (m - 1))
 
 
 # --- forward elementwise ---------------------------------------------------------------
@@ -229,7 +233,7 @@ def _mask(g, y, relu):
     return g
 
 
-@cuda.jit
+@kernel
 def rows_apply(x3, coef, weight, bias, cmod, bdiv, y3, res3, has_res, relu):
     """``y = act(((x - hi) - lo) * rstd * w[p] + b[p] [+ res])``,
     ``p = ((c % cmod) * B + b) // bdiv``."""
@@ -245,7 +249,7 @@ def rows_apply(x3, coef, weight, bias, cmod, bdiv, y3, res3, has_res, relu):
         y3[a, c, b] = _epilogue(t, res3[a, c, b], has_res, relu)
 
 
-@cuda.jit
+@kernel
 def cols_apply(x3, coef, R, weight, bias, y3, res3, has_res, relu):
     """Channels-last ``y``: set ``p*G + k // R``, parameters per column ``k``."""
     P, Q, K = x3.shape
@@ -264,7 +268,7 @@ def cols_apply(x3, coef, R, weight, bias, y3, res3, has_res, relu):
 # --- gradient sums (float64 per thread) ------------------------------------------------
 
 
-@cuda.jit
+@kernel
 def rows_grad_sums(x3, dy3, mean, weight, cmod, bdiv, chunk, psa, pss, y3, relu):
     """Block (c, j): ``sum(dy * w[p])`` and ``sum(dy * w[p] * (x - mean[c]))`` over set
     ``c``'s chunk ``j`` into ``psa``/``pss`` (1, chunks, C)."""
@@ -272,69 +276,68 @@ def rows_grad_sums(x3, dy3, mean, weight, cmod, bdiv, chunk, psa, pss, y3, relu)
     sb = cuda.shared.array(MAX_THREADS, float64)
     A, C, B = x3.shape
     nch = psa.shape[1]
-    c = cuda.blockIdx.x // nch
-    j = cuda.blockIdx.x % nch
-    v0 = j * chunk
-    v1 = min(v0 + chunk, A * B)
-    mu = mean[c]
-    s1 = 0.0
-    s2 = 0.0
-    for v in range(v0 + cuda.threadIdx.x, v1, cuda.blockDim.x):
-        b = v % B
-        g = float64(_mask(dy3[v // B, c, b], y3[v // B, c, b], relu))
-        g *= float64(weight[((c % cmod) * B + b) // bdiv])
-        s1 += g
-        s2 += g * (float64(x3[v // B, c, b]) - mu)
-    t1, t2 = block_sum2(s1, s2, sa, sb)
-    if cuda.threadIdx.x == 0:
-        psa[0, j, c] = t1
-        pss[0, j, c] = t2
+    for blk in range(cuda.blockIdx.x, C * nch, cuda.gridDim.x):
+        c = blk // nch
+        j = blk % nch
+        v0 = j * chunk
+        v1 = min(v0 + chunk, A * B)
+        mu = mean[c]
+        s1 = 0.0
+        s2 = 0.0
+        for v in range(v0 + cuda.threadIdx.x, v1, cuda.blockDim.x):
+            b = v % B
+            g = float64(_mask(dy3[v // B, c, b], y3[v // B, c, b], relu))
+            g *= float64(weight[((c % cmod) * B + b) // bdiv])
+            s1 += g
+            s2 += g * (float64(x3[v // B, c, b]) - mu)
+        t1, t2 = block_sum2(s1, s2, sa, sb)
+        if cuda.threadIdx.x == 0:
+            psa[0, j, c] = t1
+            pss[0, j, c] = t2
 
 
-@cuda.jit
+@kernel
 def cols_grad_sums(x3, dy3, colmean, rows, psdy, psdxc, y3, relu):
     """Tile: per-column ``sum(dy)`` and ``sum(dy * (x - mean))`` into (P, blocks, K)."""
     P, Q, K = x3.shape
     nqb = psdy.shape[1]
-    k = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    p = cuda.blockIdx.y // nqb
-    qb = cuda.blockIdx.y % nqb
-    if k < K:
-        mu = colmean[p, k]
-        s1 = 0.0
-        s2 = 0.0
-        for q in range(qb * rows, min(qb * rows + rows, Q)):
-            g = float64(_mask(dy3[p, q, k], y3[p, q, k], relu))
-            s1 += g
-            s2 += g * (float64(x3[p, q, k]) - mu)
-        psdy[p, qb, k] = s1
-        psdxc[p, qb, k] = s2
+    for by in range(cuda.blockIdx.y, P * nqb, cuda.gridDim.y):
+        p = by // nqb
+        qb = by % nqb
+        for k in range(cuda.grid(1), K, cuda.gridsize(1)):
+            mu = colmean[p, k]
+            s1 = 0.0
+            s2 = 0.0
+            for q in range(qb * rows, min(qb * rows + rows, Q)):
+                g = float64(_mask(dy3[p, q, k], y3[p, q, k], relu))
+                s1 += g
+                s2 += g * (float64(x3[p, q, k]) - mu)
+            psdy[p, qb, k] = s1
+            psdxc[p, qb, k] = s2
 
 
-@cuda.jit
+@kernel
 def row_param_sums(x3, dy3, coef, rows, psw, psb):
     """Layer norm's dweight/dbias partials: per column ``d`` of the (R, D) rows,
     ``sum(dy * xhat)`` and ``sum(dy)`` over a tile of rows, into (1, blocks, D)."""
     _, R, D = x3.shape
-    d = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    qb = cuda.blockIdx.y
-    if d < D:
-        s1 = 0.0
-        s2 = 0.0
-        for r in range(qb * rows, min(qb * rows + rows, R)):
-            g = dy3[0, r, d]
-            s1 += float64(g * (((x3[0, r, d] - coef[0, r]) - coef[1, r]) * coef[2, r]))
-            s2 += float64(g)
-        psw[0, qb, d] = s1
-        psb[0, qb, d] = s2
+    for qb in range(cuda.blockIdx.y, psw.shape[1], cuda.gridDim.y):
+        for d in range(cuda.grid(1), D, cuda.gridsize(1)):
+            s1 = 0.0
+            s2 = 0.0
+            for r in range(qb * rows, min(qb * rows + rows, R)):
+                g = dy3[0, r, d]
+                s1 += float64(g * (((x3[0, r, d] - coef[0, r]) - coef[1, r]) * coef[2, r]))
+                s2 += float64(g)
+            psw[0, qb, d] = s1
+            psb[0, qb, d] = s2
 
 
-@cuda.jit
+@kernel
 def fold_sums(pa, pb, out_a, out_b):
     """Thread per (p, k): ``out[p*K + k] = sum over blocks of p*[p, :, k]`` in block order."""
     P, nb, K = pa.shape
-    t = cuda.grid(1)
-    if t < P * K:
+    for t in range(cuda.grid(1), P * K, cuda.gridsize(1)):
         p = t // K
         k = t % K
         a = 0.0
@@ -349,7 +352,7 @@ def fold_sums(pa, pb, out_a, out_b):
 # --- backward coefficients -------------------------------------------------------------
 
 
-@cuda.jit
+@kernel
 def group_grad_coef(mean, rstd, weight, sdy, sdxc, G, m, training, coef):
     """Thread per (sample, group) of channels: ``coef`` (5, P*C) per (sample, channel).
 
@@ -358,8 +361,7 @@ def group_grad_coef(mean, rstd, weight, sdy, sdxc, G, m, training, coef):
     """
     C = weight.shape[0]
     cg = C // G
-    t = cuda.grid(1)
-    if t < mean.shape[0]:
+    for t in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
         p = t // G
         g = t % G
         r = rstd[t]
@@ -368,8 +370,9 @@ def group_grad_coef(mean, rstd, weight, sdy, sdxc, G, m, training, coef):
         for ci in range(g * cg, g * cg + cg):
             a += weight[ci] * sdy[p * C + ci]
             s += weight[ci] * sdxc[p * C + ci]
-        c1 = r * s / m if training else 0.0
-        c2 = a / m if training else 0.0
+        # m == 0 (an empty batch): no dx to scale, and no 0/0 either
+        c1 = r * s / m if training and m > 0 else 0.0
+        c2 = a / m if training and m > 0 else 0.0
         for ci in range(g * cg, g * cg + cg):
             i = p * C + ci
             coef[0, i] = mean[t]
@@ -379,21 +382,19 @@ def group_grad_coef(mean, rstd, weight, sdy, sdxc, G, m, training, coef):
             coef[4, i] = -r * c2
 
 
-@cuda.jit
+@kernel
 def expand_groups(mean, cg, out):
     """``out[p*C + c] = mean[p*G + c // cg]``: each channel's group mean."""
-    i = cuda.grid(1)
-    if i < out.shape[0]:
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
         out[i] = mean[i // cg]
 
 
-@cuda.jit
+@kernel
 def param_grads(sdy, sdxc, rstd, G, dweight, dbias):
     """Thread per channel: ``dbias = sum_p sdy``, ``dweight = sum_p sdxc * rstd`` in order."""
-    c = cuda.grid(1)
     C = dweight.shape[0]
-    if c < C:
-        cg = C // G
+    cg = C // G
+    for c in range(cuda.grid(1), C, cuda.gridsize(1)):
         a = 0.0
         s = 0.0
         for p in range(sdy.shape[0] // C):
@@ -403,11 +404,10 @@ def param_grads(sdy, sdxc, rstd, G, dweight, dbias):
         dweight[c] = s
 
 
-@cuda.jit
+@kernel
 def row_grad_coef(mean, rstd, sa, ss, D, center, coef):
     """Thread per layer-norm row: (hi, lo, k0, k1, k2) from its two weighted sums."""
-    r = cuda.grid(1)
-    if r < mean.shape[0]:
+    for r in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
         rs = rstd[r]
         c1 = rs * ss[r] / D
         c2 = sa[r] / D if center else 0.0
@@ -421,7 +421,7 @@ def row_grad_coef(mean, rstd, sa, ss, D, center, coef):
 # --- backward elementwise --------------------------------------------------------------
 
 
-@cuda.jit
+@kernel
 def rows_grad_apply(x3, dy3, coef, weight, cmod, bdiv, training, dx3, y3, relu, dres3,
                     has_dres):
     """``dx = g * k0 * w[p] + ((x - hi) - lo) * k1 + k2`` (``g * k0 * w[p]`` if frozen),
@@ -442,7 +442,7 @@ def rows_grad_apply(x3, dy3, coef, weight, cmod, bdiv, training, dx3, y3, relu, 
         dx3[a, c, b] = g
 
 
-@cuda.jit
+@kernel
 def cols_grad_apply(x3, dy3, coef, training, dx3, y3, relu, dres3, has_dres):
     """Channels-last dx with coefficients per (sample, column): index ``p*K + k``."""
     P, Q, K = x3.shape

@@ -9,7 +9,9 @@ function is a shared-memory tree.  Both sum in a fixed order, so a kernel's
 result does not depend on scheduling.
 
 ``sa``/``sb`` are ``cuda.shared.array(config.CUDA_MAX_THREADS, float64)``
-buffers owned by the calling kernel.
+buffers owned by the calling kernel.  Every thread of the block must call it
+the same number of times (the grid-stride loops over blocks are uniform
+across a block); a barrier on entry makes the buffers safe to reuse.
 """
 
 from numba import cuda
@@ -22,6 +24,7 @@ _FULL_MASK = 0xFFFFFFFF
 def _tree_sum2(a, b, sa, sb):
     tid = cuda.threadIdx.x
     n = cuda.blockDim.x
+    cuda.syncthreads()  # every thread has read the previous call's totals
     sa[tid] = a
     sb[tid] = b
     cuda.syncthreads()
@@ -43,6 +46,7 @@ def _shuffle_sum2(a, b, sa, sb):
     tid = cuda.threadIdx.x
     lane = tid % 32
     warp = tid // 32
+    cuda.syncthreads()  # warp 0 has read the previous call's partials
     offset = 16
     while offset > 0:
         a += cuda.shfl_down_sync(_FULL_MASK, a, offset)

@@ -2,7 +2,10 @@
 
 Grid sizes come from the problem (one block per chunk of a set, one tile per
 rows x columns block) or, for the elementwise passes, from the SM count
-(:func:`fastbn.cuda.grid_stride`).  ``config`` is read at every launch.
+(:func:`fastbn.cuda.grid_stride`), always capped at CUDA's grid limits
+(``config.CUDA_MAX_GRID_*``; the kernels grid-stride over what is left) and
+never launched empty (:class:`fastbn.cuda.Kernel`).  ``config`` is read at
+every launch.
 """
 
 import math
@@ -12,7 +15,7 @@ from numba import cuda
 
 from .. import config
 from . import _kernels as K
-from . import grid_1d, grid_stride, threads  # noqa: F401  (grid_stride re-exported)
+from . import grid_1d, grid_2d, grid_blocks, grid_stride, threads  # noqa: F401  (re-exported)
 
 
 def _zero(dtype):
@@ -26,7 +29,7 @@ def rows_stats(d_x3, eps, center):
     nch = math.ceil(a * b / chunk)
     d_pmean = cuda.device_array((c, nch))
     d_pm2 = cuda.device_array((c, nch))
-    K.rows_moments[c * nch, threads()](d_x3, chunk, _zero(d_x3.dtype), d_pmean, d_pm2)
+    K.rows_moments[grid_blocks(c * nch)](d_x3, chunk, _zero(d_x3.dtype), d_pmean, d_pm2)
     d_mean, d_m2, d_rstd = (cuda.device_array(c) for _ in range(3))
     d_coef = cuda.device_array((3, c), d_x3.dtype)
     K.rows_finalize[grid_1d(c)](d_pmean, d_pm2, a * b, chunk, eps, center, d_mean, d_m2,
@@ -38,8 +41,8 @@ def _tiles(d_x3):
     p, q, k = d_x3.shape
     rows = config.CUDA_TILE_ROWS
     nqb = math.ceil(q / rows)
-    tpb = threads()
-    return rows, nqb, (math.ceil(k / tpb), p * nqb), tpb
+    grid, tpb = grid_2d(k, p * nqb)
+    return rows, nqb, grid, tpb
 
 
 def cols_stats(d_x3, R, eps):
@@ -76,8 +79,8 @@ def rows_grad_sums(d_x3, d_dy3, d_mean, d_weight, cmod, bdiv, d_y3=None, relu=Fa
     nch = math.ceil(a * b / chunk)
     d_psa = cuda.device_array((1, nch, c))
     d_pss = cuda.device_array((1, nch, c))
-    K.rows_grad_sums[c * nch, threads()](d_x3, d_dy3, d_mean, d_weight, cmod, bdiv, chunk,
-                                         d_psa, d_pss, d_x3 if d_y3 is None else d_y3, relu)
+    K.rows_grad_sums[grid_blocks(c * nch)](d_x3, d_dy3, d_mean, d_weight, cmod, bdiv, chunk,
+                                           d_psa, d_pss, d_x3 if d_y3 is None else d_y3, relu)
     d_sa, d_ss = cuda.device_array(c), cuda.device_array(c)
     K.fold_sums[grid_1d(c)](d_psa, d_pss, d_sa, d_ss)
     return d_sa, d_ss
