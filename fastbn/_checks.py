@@ -205,6 +205,20 @@ def as_3d(x: np.ndarray, axis: int) -> np.ndarray:
     return xc.reshape(a, shape[axis], b)
 
 
+def refuse_running_overlap(training, x, weight, bias, running_mean, running_var, residual,
+                           out) -> None:
+    """Batch norm's overlap rule for its running statistics (both backends): written in
+    place in training, so they may overlap no other argument; read in inference, so
+    ``out`` may not overlap them.  Called on the caller's own arrays, before anything
+    is written."""
+    if training and running_mean is not None:
+        refuse_overlap({"running_mean": running_mean, "running_var": running_var},
+                       {"x": x, "weight": weight, "bias": bias, "residual": residual,
+                        "out": out})
+    elif not training:
+        refuse_overlap({"out": out}, {"running_mean": running_mean, "running_var": running_var})
+
+
 def result_buffer(out, x3: np.ndarray, src, *inputs):
     """Where a kernel writes a result shaped like ``x3``: ``out`` itself when its
     memory can take the kernel's layout and dtype directly and the kernel cannot

@@ -161,13 +161,8 @@ def batch_norm(
     relu = _checks.activation(activation)
     res = None if residual is None else _checks.same_as_x(residual, x, "residual")
     sdtype = _checks.stats_dtype(x.dtype)
-    if training and running_mean is not None:
-        _checks.refuse_overlap({"running_mean": running_mean, "running_var": running_var},
-                               {"x": x, "weight": weight, "bias": bias, "residual": res,
-                                "out": out})
-    elif not training:
-        _checks.refuse_overlap({"out": out},
-                               {"running_mean": running_mean, "running_var": running_var})
+    _checks.refuse_running_overlap(training, x, weight, bias, running_mean, running_var, res,
+                                   out)
 
     if not training:
         mean = np.empty(c, sdtype)

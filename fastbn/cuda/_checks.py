@@ -111,20 +111,7 @@ def finish(d_y, d_out, copy_back):
     return d_out
 
 
-def refuse_running_overlap(training, x, weight, bias, running_mean, running_var, residual,
-                           out):
-    """Batch norm's running statistics are written in place: refused if they overlap
-    (:func:`fastbn._checks.refuse_overlap`, the CPU's check and message).  Called on
-    the caller's own arrays, before anything is written."""
-    if training and running_mean is not None:
-        _checks.refuse_overlap({"running_mean": running_mean, "running_var": running_var},
-                               {"x": x, "weight": weight, "bias": bias, "residual": residual,
-                                "out": out})
-    elif not training:
-        _checks.refuse_overlap({"out": out},
-                               {"running_mean": running_mean, "running_var": running_var})
-
-
+refuse_running_overlap = _checks.refuse_running_overlap
 positive_eps = _checks.positive_eps
 unit_momentum = _checks.unit_momentum
 channel_axis = _checks.channel_axis
