@@ -6,15 +6,9 @@ Channels first, ``(N, C, S)``: statistics with the row kernels on the
 column kernels per sample, sets of ``C/G`` adjacent columns.  Backward:
 per-(sample, channel) sums, then per-group coefficients, then dx.
 
-Strided device input (a torch channels-last CUDA tensor, a sliced CuPy or
-numba array) is accepted: x, dy, y, residual and the parameters are first
-copied into C-contiguous arrays on the device (:mod:`fastbn.cuda._layout`),
-which costs one extra read and one extra write of each strided array; a
-strided ``out=`` (or ``dresidual=``) is computed into a contiguous temporary
-and scattered into it on the device, at the same cost.  Contiguous arrays
-cost nothing extra.  float16 parameters or statistics next to float32 x are
-widened on the device, as the CPU accepts them.  Empty batches give what the
-CPU gives.
+Strided input, float16 parameters and empty batches are handled as
+described in :mod:`fastbn.cuda.batch_norm` (a strided array costs one extra
+read and write on the device).
 
 See Also
 --------
