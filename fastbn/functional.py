@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from . import _checks
+from .cpu import _moments
 from .cpu import batch_norm as _cpu_bn
 from .cpu import group_norm as _cpu_gn
 from .cpu import layer_norm as _cpu_ln
@@ -360,9 +361,11 @@ def merge_moments(a, b) -> tuple[int, np.ndarray, np.ndarray]:
         return na, mean_a.copy(), m2_a.copy()
     if na == 0:
         return nb, mean_b.copy(), m2_b.copy()
-    n = na + nb
-    delta = mean_b - mean_a
-    return n, mean_a + delta * (nb / n), m2_a + m2_b + delta * delta * (na * nb / n)
+    # the CPU kernels' formula itself (plain arithmetic, the same operations in
+    # the same order), evaluated by NumPy on the vectors
+    wb, wab = _moments.chan_weights.py_func(na, nb)
+    mean, m2 = _moments.chan_step.py_func(mean_a, m2_a, mean_b, m2_b, wb, wab)
+    return na + nb, mean, m2
 
 
 def moments_to_stats(count, mean, m2, eps: float = 1e-5):

@@ -26,8 +26,16 @@ import numpy as np
 from numba import prange
 
 from .. import config
-from ._jit import driver, worker
-from ._moments import chan_merge, shifted_moments
+from ._jit import driver, inline, worker
+from ._moments import (
+    chan_merge,
+    chan_step,
+    chan_weights,
+    epilogue,
+    grad_epilogue,
+    relu_mask,
+    shifted_moments,
+)
 
 
 @worker
@@ -89,16 +97,13 @@ def tree_merge(pmean, pm2, A, rows, k0, k1):
         for rb in range(0, nrb - s, 2 * s):
             na = min(rb * rows + s * rows, A) - rb * rows
             nb = min((rb + s) * rows + s * rows, A) - (rb + s) * rows
-            fb = np.float64(nb) / np.float64(na + nb)
-            fab = np.float64(na) * fb
+            wb, wab = chan_weights(na, nb)
             ma = pmean[rb, k0:k1]
             mb = pmean[rb + s, k0:k1]
             qa = pm2[rb, k0:k1]
             qb = pm2[rb + s, k0:k1]
             for k in range(ma.size):
-                delta = mb[k] - ma[k]
-                ma[k] += delta * fb
-                qa[k] += qb[k] + delta * delta * fab
+                ma[k], qa[k] = chan_step(ma[k], qa[k], mb[k], qb[k], wb, wab)
         s *= 2
 
 
@@ -119,6 +124,14 @@ def fold_sample(colmean, colm2, A, B, mean, m2):
         m2[g] = s
 
 
+@inline
+def _row_apply(xr, hi, lo, scale, bias, rr, zero, has_res, relu, yr):
+    """One row of :func:`block_apply` through :func:`._moments.epilogue`."""
+    for k in range(xr.size):
+        yr[k] = epilogue(((xr[k] - hi[k]) - lo[k]) * scale[k] + bias[k], rr[k], has_res, relu,
+                         zero)
+
+
 @worker
 def block_apply(x3, n, r0, r1, k0, k1, coef, y3, res3, has_res, relu):
     """``y = act(((x - mean_hi) - mean_lo) * scale + bias [+ residual])`` on a block.
@@ -133,22 +146,16 @@ def block_apply(x3, n, r0, r1, k0, k1, coef, y3, res3, has_res, relu):
     for r in range(r0, r1):
         xr = x3[n, r, k0:k1]
         yr = y3[n, r, k0:k1]
-        if has_res:
-            rr = res3[n, r, k0:k1]
-            if relu:
-                for k in range(xr.size):
-                    t = ((xr[k] - hi[k]) - lo[k]) * scale[k] + bias[k] + rr[k]
-                    yr[k] = zero if t < zero else t
-            else:
-                for k in range(xr.size):
-                    yr[k] = ((xr[k] - hi[k]) - lo[k]) * scale[k] + bias[k] + rr[k]
+        rr = res3[n, r, k0:k1]  # x3 itself when there is no residual (not read)
+        # constant flags per call: each call inlines into its own branch-free loop
+        if has_res and relu:
+            _row_apply(xr, hi, lo, scale, bias, rr, zero, True, True, yr)
+        elif has_res:
+            _row_apply(xr, hi, lo, scale, bias, rr, zero, True, False, yr)
         elif relu:
-            for k in range(xr.size):
-                t = ((xr[k] - hi[k]) - lo[k]) * scale[k] + bias[k]
-                yr[k] = zero if t < zero else t
+            _row_apply(xr, hi, lo, scale, bias, rr, zero, False, True, yr)
         else:
-            for k in range(xr.size):
-                yr[k] = ((xr[k] - hi[k]) - lo[k]) * scale[k] + bias[k]
+            _row_apply(xr, hi, lo, scale, bias, rr, zero, False, False, yr)
 
 
 @driver
@@ -194,14 +201,6 @@ def cols_apply(x3, coef, rows, width, y3, res3, has_res, relu):
 
 
 @worker
-def _masked(g, y, relu):
-    """``g``, or 0 where the forward's ReLU output ``y`` was not positive."""
-    if relu and not y > 0:
-        return g - g
-    return g
-
-
-@worker
 def block_grad_sums(x3, dy3, n, r0, r1, k0, k1, mu, s1, s2, y3, relu):
     """``sum(g)`` and ``sum(g * (x - mu))`` of columns ``k0:k1`` over rows ``r0:r1``,
     four rows per sweep (see :func:`block_moments`); ``g = dy`` masked by the
@@ -224,10 +223,10 @@ def block_grad_sums(x3, dy3, n, r0, r1, k0, k1, mu, s1, s2, y3, relu):
         yd = y3[n, r + 3, k0:k1]
         for k in range(xa.size):
             m = mu[k]
-            a = np.float64(_masked(ga[k], ya[k], relu))
-            b = np.float64(_masked(gb[k], yb[k], relu))
-            c = np.float64(_masked(gc[k], yc[k], relu))
-            d = np.float64(_masked(gd[k], yd[k], relu))
+            a = np.float64(relu_mask(ga[k], ya[k], relu))
+            b = np.float64(relu_mask(gb[k], yb[k], relu))
+            c = np.float64(relu_mask(gc[k], yc[k], relu))
+            d = np.float64(relu_mask(gd[k], yd[k], relu))
             s1[k] += (a + b) + (c + d)
             s2[k] += ((a * (np.float64(xa[k]) - m) + b * (np.float64(xb[k]) - m))
                       + (c * (np.float64(xc[k]) - m) + d * (np.float64(xd[k]) - m)))
@@ -237,7 +236,7 @@ def block_grad_sums(x3, dy3, n, r0, r1, k0, k1, mu, s1, s2, y3, relu):
         gr = dy3[n, r, k0:k1]
         yr = y3[n, r, k0:k1]
         for k in range(xr.size):
-            g = np.float64(_masked(gr[k], yr[k], relu))
+            g = np.float64(relu_mask(gr[k], yr[k], relu))
             s1[k] += g
             s2[k] += g * (np.float64(xr[k]) - mu[k])
         r += 1
@@ -329,11 +328,10 @@ def cols_grad_apply(x3, dy3, coef, rows, width, training, dx3, y3, relu, dres3, 
                 yr = y3[n, rr_, k0:k1]
                 rr = dres3[n, rr_, k0:k1]
                 for k in range(xr.size):
-                    g = _masked(dr[k], yr[k], relu)
+                    g = relu_mask(dr[k], yr[k], relu)
                     if has_dres:
                         rr[k] = g
-                    gr[k] = g * c0[k] + (((xr[k] - hi[k]) - lo[k]) * c1[k] + c2[k]
-                                         if training else g - g)
+                    gr[k] = grad_epilogue(g, xr[k], hi[k], lo[k], c0[k], c1[k], c2[k], training)
             elif training:
                 for k in range(xr.size):
                     gr[k] = dr[k] * c0[k] + ((xr[k] - hi[k]) - lo[k]) * c1[k] + c2[k]

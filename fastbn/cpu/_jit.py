@@ -36,6 +36,11 @@ def jit(**options):
 
 worker = jit(**config.JIT_OPTIONS)
 
+#: Scalar helpers of the elementwise inner loops (the ReLU mask, the output
+#: epilogue): inlined into the caller's Numba IR, like a CUDA device function,
+#: so the loop they sit in still vectorizes.
+inline = jit(inline="always", **config.JIT_OPTIONS)
+
 #: For the few scalar formulas that must round identically wherever they are
 #: inlined (Chan's merge): plain IEEE arithmetic, no fastmath flags.
 exact = jit(cache=True, nogil=True, error_model="numpy")

@@ -19,15 +19,27 @@ fastbn.cpu._columns : the same passes for channels-last data.
 import numpy as np
 from numba import prange
 
-from ._jit import driver, worker
+from ._jit import driver, inline, worker
 from ._moments import (
     chan_merge,
+    epilogue,
     grad_coef,
+    grad_epilogue,
+    relu_mask,
     rstd_from_m2,
     set_backward_coef,
     set_forward_coef,
     shifted_moments,
 )
+
+
+@inline
+def _run(v, v1, B):
+    """``(a, b0, b1)``: the run ``x3[a, c, b0:b1]`` that holds value ``v`` of a channel,
+    cut at ``v1``."""
+    a = v // B
+    b0 = v - a * B
+    return a, b0, min(B, b0 + (v1 - v))
 
 
 @worker
@@ -40,9 +52,7 @@ def chunk_moments(x3, c, v0, v1):
     s2 = 0.0
     v = v0
     while v < v1:
-        a = v // B
-        b0 = v - a * B
-        b1 = min(B, b0 + (v1 - v))
+        a, b0, b1 = _run(v, v1, B)
         row = x3[a, c, b0:b1]  # slices + range(len): indices provably >= 0, loops vectorize
         for i in range(row.size):
             d = np.float64(row[i]) - shift
@@ -50,12 +60,6 @@ def chunk_moments(x3, c, v0, v1):
             s2 += d * d
         v += b1 - b0
     return shifted_moments(v1 - v0, shift, s1, s2)
-
-
-@worker
-def _relu_mask(g, y):
-    """``g`` where the forward's ReLU passed (``y > 0``), else 0 (NaN ``y`` gives 0)."""
-    return g if y > 0 else g - g
 
 
 @worker
@@ -70,15 +74,13 @@ def chunk_grad_sums(x3, dy3, c, v0, v1, mean, y3, relu):
     sdxc = 0.0
     v = v0
     while v < v1:
-        a = v // B
-        b0 = v - a * B
-        b1 = min(B, b0 + (v1 - v))
+        a, b0, b1 = _run(v, v1, B)
         xr = x3[a, c, b0:b1]
         dr = dy3[a, c, b0:b1]
         if relu:
             yr = y3[a, c, b0:b1]
             for i in range(xr.size):
-                g = np.float64(_relu_mask(dr[i], yr[i]))
+                g = np.float64(relu_mask(dr[i], yr[i], True))
                 sdy += g
                 sdxc += g * (np.float64(xr[i]) - mean)
         else:
@@ -104,27 +106,12 @@ def chunk_apply(x3, y3, coef, c, v0, v1, res3, has_res, relu):
     zero = lo - lo
     v = v0
     while v < v1:
-        a = v // B
-        b0 = v - a * B
-        b1 = min(B, b0 + (v1 - v))
+        a, b0, b1 = _run(v, v1, B)
         xr = x3[a, c, b0:b1]
         yr = y3[a, c, b0:b1]
-        if has_res:
-            rr = res3[a, c, b0:b1]
-            if relu:
-                for i in range(xr.size):
-                    t = ((xr[i] - hi) - lo) * scale + bias + rr[i]
-                    yr[i] = zero if t < zero else t
-            else:
-                for i in range(xr.size):
-                    yr[i] = ((xr[i] - hi) - lo) * scale + bias + rr[i]
-        elif relu:
-            for i in range(xr.size):
-                t = ((xr[i] - hi) - lo) * scale + bias
-                yr[i] = zero if t < zero else t
-        else:
-            for i in range(xr.size):
-                yr[i] = ((xr[i] - hi) - lo) * scale + bias
+        rr = res3[a, c, b0:b1]  # x3 itself when there is no residual (not read)
+        for i in range(xr.size):
+            yr[i] = epilogue(((xr[i] - hi) - lo) * scale + bias, rr[i], has_res, relu, zero)
         v += b1 - b0
 
 
@@ -143,9 +130,7 @@ def chunk_grad_apply(x3, dy3, dx3, coef, c, v0, v1, training, y3, relu, dres3, h
     k2 = coef[4, c]
     v = v0
     while v < v1:
-        a = v // B
-        b0 = v - a * B
-        b1 = min(B, b0 + (v1 - v))
+        a, b0, b1 = _run(v, v1, B)
         xr = x3[a, c, b0:b1]
         dr = dy3[a, c, b0:b1]
         gr = dx3[a, c, b0:b1]
@@ -153,10 +138,10 @@ def chunk_grad_apply(x3, dy3, dx3, coef, c, v0, v1, training, y3, relu, dres3, h
             yr = y3[a, c, b0:b1]
             rr = dres3[a, c, b0:b1]
             for i in range(xr.size):
-                g = _relu_mask(dr[i], yr[i]) if relu else dr[i]
+                g = relu_mask(dr[i], yr[i], relu)
                 if has_dres:
                     rr[i] = g
-                gr[i] = g * k0 + (((xr[i] - hi) - lo) * k1 + k2 if training else g - g)
+                gr[i] = grad_epilogue(g, xr[i], hi, lo, k0, k1, k2, training)
         elif training:
             for i in range(xr.size):
                 gr[i] = dr[i] * k0 + ((xr[i] - hi) - lo) * k1 + k2

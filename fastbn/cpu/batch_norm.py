@@ -82,7 +82,13 @@ from ._columns import (
     fold_sample,
 )
 from ._jit import worker
-from ._moments import grad_coef, rstd_from_m2, set_backward_coef, set_forward_coef
+from ._moments import (
+    finish_stats,
+    forward_coef,
+    grad_coef,
+    set_backward_coef,
+    set_forward_coef,
+)
 from ._rows import (
     rows_apply,
     rows_backward_fused,
@@ -98,14 +104,6 @@ from ._rows import (
 
 
 @worker
-def forward_coef(mean, rstd, weight, bias, B, coef):
-    """Fill ``coef`` (4, C*B): each channel's forward coefficients repeated ``B`` times."""
-    for c in range(mean.shape[0]):
-        for b in range(B):
-            set_forward_coef(coef, c * B + b, mean[c], rstd[c], weight[c], bias[c])
-
-
-@worker
 def running_coef(running_mean, running_var, eps, weight, bias, B, coef, mean, rstd):
     """Inference: ``mean = rm``, ``rstd = 1/sqrt(rv + eps)`` (in the caller's dtype) and the
     forward coefficients (4, C*B), in one call."""
@@ -116,13 +114,6 @@ def running_coef(running_mean, running_var, eps, weight, bias, B, coef, mean, rs
         rstd[c] = r
         for b in range(B):
             set_forward_coef(coef, c * B + b, mu, r, weight[c], bias[c])
-
-
-@worker
-def finish_stats(mean, m2, m, eps, rstd):
-    """``rstd = 1 / sqrt(m2 / m + eps)`` per channel."""
-    for c in range(mean.shape[0]):
-        rstd[c] = rstd_from_m2(m2[c], m, eps)
 
 
 @worker
@@ -148,8 +139,8 @@ def cols_forward_small(x3, B, weight, bias, eps, coef, y3, res3, has_res, relu, 
     A, K = x3.shape[1], x3.shape[2]
     block_moments(x3, 0, 0, A, 0, K, s1, s2)
     fold_sample(s1, s2, A, B, mean, m2)
-    finish_stats(mean, m2, A * B, eps, rstd)
-    forward_coef(mean, rstd, weight, bias, B, coef[:, 0])
+    finish_stats(m2, A * B, eps, rstd)
+    forward_coef(mean, rstd, weight, bias, mean.shape[0], B, coef[:, 0])
     block_apply(x3, 0, 0, A, 0, K, coef, y3, res3, has_res, relu)
 
 
@@ -261,7 +252,7 @@ def forward_train(x3, weight, bias, eps, y3, res3=None, relu=False):
                            np.empty(k), np.empty(k), mean, m2, rstd)
         return mean, m2, rstd
     mean, m2 = moments(x3)
-    finish_stats(mean, m2, m, eps, rstd)
+    finish_stats(m2, m, eps, rstd)
     forward_apply(x3, mean, rstd, weight, bias, y3, res3, relu)
     return mean, m2, rstd
 
@@ -294,10 +285,10 @@ def forward_apply(x3, mean, rstd, weight, bias, y3, res3=None, relu=False):
     a, c, b = x3.shape
     if _uses_rows(x3):
         coef = np.empty((4, c), x3.dtype)
-        forward_coef(mean, rstd, weight, bias, 1, coef)
+        forward_coef(mean, rstd, weight, bias, mean.shape[0], 1, coef)
     else:
         coef = np.empty((4, 1, c * b), x3.dtype)
-        forward_coef(mean, rstd, weight, bias, b, coef[:, 0])
+        forward_coef(mean, rstd, weight, bias, mean.shape[0], b, coef[:, 0])
     _apply(x3, coef, y3, res3, relu)
 
 

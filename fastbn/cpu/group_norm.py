@@ -60,7 +60,14 @@ from ._columns import (
     tree_merge,
 )
 from ._jit import driver, worker
-from ._moments import rstd_from_m2, set_backward_coef, set_forward_coef
+from ._moments import (
+    finish_stats,
+    forward_coef,
+    rstd_from_m2,
+    sample_forward_coef,
+    set_backward_coef,
+    set_forward_coef,
+)
 from ._rows import (
     channel_grad_sums,
     channel_moments,
@@ -194,7 +201,7 @@ def last_forward_fused(
                     gm2[n * G + g0:n * G + g1])
         for g in range(n * G + g0, n * G + g1):
             rstd[g] = rstd_from_m2(gm2[g], cg * S, eps)
-        sample_forward_coef(n, k0, k1, mean, rstd, weight, bias, G, coef)
+        sample_forward_coef(n, k0, k1, mean, rstd, weight, bias, G, 1, coef)
         block_apply(x3, n, 0, S, k0, k1, coef3, y3, x3, False, False)
 
 
@@ -213,24 +220,6 @@ def _groups_per_task(n, s, c, G, itemsize):
 
 # ---------------------------------------------------------------------------
 # serial glue shared by both layouts
-
-
-@worker
-def sample_forward_coef(n, c0, c1, mean, rstd, weight, bias, G, coef):
-    """Columns ``n*C + c0 : n*C + c1`` of ``coef`` (4, N*C) from group statistics (N*G,)."""
-    C = weight.shape[0]
-    cg = C // G
-    for c in range(c0, c1):
-        ng = n * G + c // cg
-        set_forward_coef(coef, n * C + c, mean[ng], rstd[ng], weight[c], bias[c])
-
-
-@worker
-def forward_coef(mean, rstd, weight, bias, G, coef):
-    """``coef`` (4, N*C) from group statistics (N*G,) and per-channel parameters."""
-    C = weight.shape[0]
-    for n in range(coef.shape[1] // C):
-        sample_forward_coef(n, 0, C, mean, rstd, weight, bias, G, coef)
 
 
 @worker
@@ -263,12 +252,6 @@ def param_grads(sdy, sdxc, rstd, G, dweight, dbias):
             s += sdxc[n * C + c] * rstd[n * G + c // cg]
         dbias[c] = a
         dweight[c] = s
-
-
-@worker
-def finish(m2, m, eps, rstd):
-    for i in range(m2.shape[0]):
-        rstd[i] = rstd_from_m2(m2[i], m, eps)
 
 
 # ---------------------------------------------------------------------------
@@ -304,8 +287,8 @@ def forward(x3, G, weight, bias, eps, channels_last, y3):
         cols_moments(x3.size, x3, rows, width, pmean, pm2)
         cols_merge(pmean.size, pmean, pm2, s, rows, width)
         cols_fold(pmean[:, 0], pm2[:, 0], s, cg, mean.reshape(n, G), m2.reshape(n, G))
-        finish(m2, m, eps, rstd)
-        forward_coef(mean, rstd, weight, bias, G, coef)
+        finish_stats(m2, m, eps, rstd)
+        forward_coef(mean, rstd, weight, bias, G, 1, coef)
         cols_apply(x3.size, x3, coef.reshape(4, n, c), rows, width, y3, x3, False, False)
         return mean, rstd
     xg = x3.reshape(1, n * G, m)
@@ -321,8 +304,8 @@ def forward(x3, G, weight, bias, eps, channels_last, y3):
     rows_moments(x3.size, xg, chunk, pmean, pm2)
     m2 = np.empty(n * G)
     rows_merge(pmean, pm2, m, chunk, mean, m2)
-    finish(m2, m, eps, rstd)
-    forward_coef(mean, rstd, weight, bias, G, coef)
+    finish_stats(m2, m, eps, rstd)
+    forward_coef(mean, rstd, weight, bias, G, 1, coef)
     rows_apply(x3.size, xc, coef, chunk, yc, xc, False, False)
     return mean, rstd
 

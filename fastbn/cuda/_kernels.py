@@ -44,15 +44,32 @@ MAX_THREADS = config.CUDA_MAX_THREADS
 
 
 @cuda.jit(device=True)
+def chan_weights(na, nb):
+    """``(nb / n, na * nb / n)`` in float64, ``n = na + nb > 0``: the CPU's
+    :func:`fastbn.cpu._moments.chan_weights`, operation for operation."""
+    fn = float64(na + nb)
+    return float64(nb) / fn, float64(na) * float64(nb) / fn
+
+
+@cuda.jit(device=True)
+def chan_step(mean_a, m2_a, mean_b, m2_b, wb, wab):
+    """Chan's merge with precomputed weights, in the CPU's order of operations
+    (:func:`fastbn.cpu._moments.chan_step`); on hardware the compiler may fuse a
+    multiply-add (within one float64 rounding)."""
+    delta = mean_b - mean_a
+    return mean_a + delta * wb, (m2_a + m2_b) + delta * delta * wab
+
+
+@cuda.jit(device=True)
 def chan_merge(na, mean_a, m2_a, nb, mean_b, m2_b):
+    """Merge two (count, mean, m2) summaries; either count may be zero."""
     if nb == 0:
         return na, mean_a, m2_a
     if na == 0:
         return nb, mean_b, m2_b
-    n = na + nb
-    delta = mean_b - mean_a
-    fb = float64(nb) / float64(n)
-    return n, mean_a + delta * fb, m2_a + m2_b + delta * delta * (float64(na) * fb)
+    wb, wab = chan_weights(na, nb)
+    mean, m2 = chan_step(mean_a, m2_a, mean_b, m2_b, wb, wab)
+    return na + nb, mean, m2
 
 
 @cuda.jit(device=True)
@@ -226,7 +243,7 @@ def _epilogue(t, r, has_res, relu):
 
 
 @cuda.jit(device=True)
-def _mask(g, y, relu):
+def relu_mask(g, y, relu):
     """``g`` where the forward's ReLU output ``y`` was positive, else 0."""
     if relu and not y > 0:
         return g - g
@@ -286,7 +303,7 @@ def rows_grad_sums(x3, dy3, mean, weight, cmod, bdiv, chunk, psa, pss, y3, relu)
         s2 = 0.0
         for v in range(v0 + cuda.threadIdx.x, v1, cuda.blockDim.x):
             b = v % B
-            g = float64(_mask(dy3[v // B, c, b], y3[v // B, c, b], relu))
+            g = float64(relu_mask(dy3[v // B, c, b], y3[v // B, c, b], relu))
             g *= float64(weight[((c % cmod) * B + b) // bdiv])
             s1 += g
             s2 += g * (float64(x3[v // B, c, b]) - mu)
@@ -309,7 +326,7 @@ def cols_grad_sums(x3, dy3, colmean, rows, psdy, psdxc, y3, relu):
             s1 = 0.0
             s2 = 0.0
             for q in range(qb * rows, min(qb * rows + rows, Q)):
-                g = float64(_mask(dy3[p, q, k], y3[p, q, k], relu))
+                g = float64(relu_mask(dy3[p, q, k], y3[p, q, k], relu))
                 s1 += g
                 s2 += g * (float64(x3[p, q, k]) - mu)
             psdy[p, qb, k] = s1
@@ -433,7 +450,7 @@ def rows_grad_apply(x3, dy3, coef, weight, cmod, bdiv, training, dx3, y3, relu, 
         a = i // (C * B)
         c = (i // B) % C
         b = i % B
-        g = _mask(dy3[a, c, b], y3[a, c, b], relu)
+        g = relu_mask(dy3[a, c, b], y3[a, c, b], relu)
         if has_dres:
             dres3[a, c, b] = g
         g = g * coef[2, c] * weight[((c % cmod) * B + b) // bdiv]
@@ -453,7 +470,7 @@ def cols_grad_apply(x3, dy3, coef, training, dx3, y3, relu, dres3, has_dres):
         q = (i // K) % Q
         k = i % K
         s = p * K + k
-        g = _mask(dy3[p, q, k], y3[p, q, k], relu)
+        g = relu_mask(dy3[p, q, k], y3[p, q, k], relu)
         if has_dres:
             dres3[p, q, k] = g
         g = g * coef[2, s]

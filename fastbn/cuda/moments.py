@@ -25,6 +25,7 @@ from numba import float64 as float64_
 from .. import _checks as _host_checks
 from . import _checks as C
 from . import _half, _layout, _require_gpu, _stats, grid_1d
+from . import _kernels as K
 
 try:  # launches with a legal geometry (fastbn.cuda.Kernel) where available
     from . import kernel as _jit
@@ -37,10 +38,8 @@ def _merge(mean_a, m2_a, mean_b, m2_b, fb, fab, mean, m2):
     """Chan's merge, the CPU's expression: ``mean_a + delta * (nb / n)``,
     ``(m2_a + m2_b) + (delta * delta) * (na * nb / n)``."""
     for i in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
-        ma = float64_(mean_a[i])
-        delta = float64_(mean_b[i]) - ma
-        mean[i] = ma + delta * fb
-        m2[i] = (float64_(m2_a[i]) + float64_(m2_b[i])) + (delta * delta) * fab
+        mean[i], m2[i] = K.chan_step(float64_(mean_a[i]), float64_(m2_a[i]),
+                                     float64_(mean_b[i]), float64_(m2_b[i]), fb, fab)
 
 
 @_jit
