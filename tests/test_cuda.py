@@ -6,41 +6,24 @@ chunks of a few blocks, so small inputs span several blocks and a partial
 last block.  Tests marked ``gpu`` need real hardware and skip without it.
 """
 
-import importlib.util
-
 import numpy as np
 import pytest
+from _cuda import TPB, d, h, small_blocks  # noqa: F401  (autouse fixture)
 from _helpers import assert_close
+from numba import cuda
 
 import fastbn
 from fastbn import config, reference
-
-if importlib.util.find_spec("numba_cuda") is None:
-    pytest.skip("numba-cuda is not installed", allow_module_level=True)
-
-from numba import cuda  # noqa: E402
-
 from fastbn.cuda import SIMULATOR  # noqa: E402
 from fastbn.cuda._reduce import block_sum2  # noqa: E402
-
-TPB = 8
 
 gpu = pytest.mark.skipif(SIMULATOR or not cuda.is_available(), reason="needs a real CUDA GPU")
 
 
-@pytest.fixture(autouse=True)
-def small_blocks(monkeypatch):
-    monkeypatch.setattr(config, "THREADS_PER_BLOCK", TPB)
-    monkeypatch.setattr(config, "CUDA_CHUNK", 3 * TPB + 1)   # several blocks per set
-    monkeypatch.setattr(config, "CUDA_TILE_ROWS", 3)
 
 
-def d(a):
-    return None if a is None else cuda.to_device(np.ascontiguousarray(a))
 
 
-def h(a):
-    return a.copy_to_host()
 
 
 DTYPES = [np.float32, np.float64]

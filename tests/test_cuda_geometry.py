@@ -10,36 +10,24 @@ each launch passes) must have every dimension in ``1..limit``.  Empty inputs
 must launch nothing without work and give the CPU's results.
 """
 
-import importlib.util
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from _cuda import TPB, d, small_blocks  # noqa: F401  (autouse fixture)
 from _helpers import assert_close
 
 import fastbn
-from fastbn import config
-
-if importlib.util.find_spec("numba_cuda") is None:
-    pytest.skip("numba-cuda is not installed", allow_module_level=True)
-
-from numba import cuda  # noqa: E402
-
 import fastbn.cuda as fcuda  # noqa: E402
+from fastbn import config
 from fastbn.cuda import _kernels as K  # noqa: E402
 from fastbn.cuda import _stats  # noqa: E402
 
-TPB = 8
 LIMIT = 2
 DTYPES = [np.float32, np.float64]
 ids = lambda t: np.dtype(t).name  # noqa: E731
 
 
-@pytest.fixture(autouse=True)
-def small_blocks(monkeypatch):
-    monkeypatch.setattr(config, "THREADS_PER_BLOCK", TPB)
-    monkeypatch.setattr(config, "CUDA_CHUNK", 3 * TPB + 1)  # several blocks per set
-    monkeypatch.setattr(config, "CUDA_TILE_ROWS", 3)       # several row blocks per tile column
 
 
 def _recorder(monkeypatch):
@@ -66,10 +54,6 @@ def assert_legal(grids):
     assert grids, "nothing was launched"
     for grid in grids:
         assert 1 <= len(grid) <= 3 and all(0 < g <= LIMIT for g in grid), grid
-
-
-def d(a):
-    return cuda.to_device(np.ascontiguousarray(a))
 
 
 def _dev(a):

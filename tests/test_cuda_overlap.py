@@ -8,40 +8,23 @@ statistics that overlap anything are refused before a byte is written.  Each
 aliased call is compared bit for bit with the same call on separate arrays.
 """
 
-import importlib.util
-
 import numpy as np
 import pytest
+from _cuda import TPB, d, h, small_blocks  # noqa: F401  (autouse fixture)
+from numba import cuda
 
 import fastbn
-from fastbn import config
 from fastbn._checks import may_overlap
-
-if importlib.util.find_spec("numba_cuda") is None:
-    pytest.skip("numba-cuda is not installed", allow_module_level=True)
-
-from numba import cuda  # noqa: E402
-
 from fastbn.cuda import _checks as C  # noqa: E402
 
-TPB = 8
 DTYPES = [np.float32, np.float64]
 ids = lambda t: np.dtype(t).name  # noqa: E731
 
 
-@pytest.fixture(autouse=True)
-def small_blocks(monkeypatch):
-    monkeypatch.setattr(config, "THREADS_PER_BLOCK", TPB)
-    monkeypatch.setattr(config, "CUDA_CHUNK", 3 * TPB + 1)
-    monkeypatch.setattr(config, "CUDA_TILE_ROWS", 3)
 
 
-def d(a):
-    return None if a is None else cuda.to_device(np.ascontiguousarray(a))
 
 
-def h(a):
-    return a.copy_to_host()
 
 
 class Buffer:

@@ -5,38 +5,14 @@ Each case runs the same call on NumPy arrays (the CPU backend) and compares.
 Runs on the CUDA simulator with small blocks (see tests/test_cuda.py).
 """
 
-import importlib.util
-
 import numpy as np
 import pytest
+from _cuda import TPB, d, h, small_blocks  # noqa: F401  (autouse fixture)
 from _helpers import assert_close
+from numba import cuda
 
 import fastbn
-from fastbn import config
-
-if importlib.util.find_spec("numba_cuda") is None:
-    pytest.skip("numba-cuda is not installed", allow_module_level=True)
-
-from numba import cuda  # noqa: E402
-
 from fastbn._checks import is_cuda_array  # noqa: E402
-
-TPB = 8
-
-
-@pytest.fixture(autouse=True)
-def small_blocks(monkeypatch):
-    monkeypatch.setattr(config, "THREADS_PER_BLOCK", TPB)
-    monkeypatch.setattr(config, "CUDA_CHUNK", 3 * TPB + 1)
-    monkeypatch.setattr(config, "CUDA_TILE_ROWS", 3)
-
-
-def d(a):
-    return None if a is None else cuda.to_device(np.ascontiguousarray(a))
-
-
-def h(a):
-    return a.copy_to_host() if is_cuda_array(a) else a
 
 
 def strided(a, kind):
