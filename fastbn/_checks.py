@@ -23,23 +23,63 @@ def is_cuda_array(a) -> bool:
             or type(a).__module__.startswith("numba.cuda.simulator"))
 
 
-def float_array(a, name: str) -> np.ndarray:
-    """``a`` as an ndarray of float16/32/64, else TypeError naming ``name``."""
-    if is_cuda_array(a):
+def _host():
+    from .cpu import _arrays
+
+    return _arrays
+
+
+def float_array(a, name: str, xp=None):
+    """``a`` as an array of float16/32/64 on ``xp``'s device (:mod:`fastbn.cpu._arrays`,
+    the default, or :mod:`fastbn.cuda._arrays`), zero-copy; else TypeError naming ``name``."""
+    xp = xp or _host()
+    if a is None:
+        raise TypeError(f"{name} must be a floating-point array (float16, float32 or "
+                        "float64); got None")
+    if not xp.owns(a):
+        where = "a GPU array" if xp.DEVICE == "host" else "a NumPy (host) array"
         raise TypeError(
-            f"{name} is a GPU array, but this call's other arrays are on the host; "
-            "pass all arrays on the same device")
-    if not isinstance(a, np.ndarray):
-        a = np.asarray(a)
-    if a.dtype.kind == "f" and not a.dtype.isnative:
+            f"{name} is {where} but x is on the {xp.DEVICE}; pass all arrays on the same "
+            f"device{xp.HINT}")
+    a = xp.wrap(a)
+    dtype = np.dtype(a.dtype)
+    if dtype.kind == "f" and not dtype.isnative:
         raise TypeError(
-            f"{name} has non-native byte order (dtype {a.dtype.str}, shape {a.shape}); "
+            f"{name} has non-native byte order (dtype {dtype.str}, shape {tuple(a.shape)}); "
             f"convert it first: {name}.astype({name}.dtype.newbyteorder('='))")
-    if a.dtype not in FLOAT_DTYPES:
+    if dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{name} must be a floating-point array (float16, float32 or float64); "
-            f"got dtype {a.dtype} with shape {a.shape}")
+            f"got dtype {dtype} with shape {tuple(a.shape)}")
     return a
+
+
+def shape_of(a) -> tuple:
+    """The shape of an array on either device, or of anything NumPy reads as one."""
+    return tuple(a.shape) if hasattr(a, "shape") else np.shape(a)
+
+
+def count(n, name: str) -> int:
+    """A sample count: an integer >= 0 (ValueError/TypeError otherwise)."""
+    try:
+        value = operator.index(n)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer; got {n!r}") from None
+    if value < 0:
+        raise ValueError(f"counts must be >= 0; got {value}")
+    return int(value)
+
+
+def writeable(a) -> bool:
+    """Whether ``a``'s memory may be written: NumPy's flag, the read-only flag of
+    ``__cuda_array_interface__``, or the flag of the array a simulator array wraps."""
+    if isinstance(a, np.ndarray):
+        return bool(a.flags.writeable)
+    iface = getattr(a, "__cuda_array_interface__", None)
+    if iface is not None:
+        return not iface["data"][1]
+    inner = getattr(a, "_ary", None)
+    return bool(inner.flags.writeable) if isinstance(inner, np.ndarray) else True
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
@@ -82,22 +122,28 @@ def unit_momentum(momentum) -> float:
     return value
 
 
-def channel_vector(a, name: str, channels: int, x_shape, *, default: float | None = None):
-    """A per-channel parameter as a float64 (C,) array; ``default`` fills it when None."""
+def _shaped(a, name: str, shape, xp, requirement: str):
+    """``a`` (on ``xp``'s device, a float dtype) with exactly ``shape``, or ValueError
+    whose message ends with ``requirement``; None stays None."""
     if a is None:
-        if default is None:
-            return None
-        return np.ones(channels) if default == 1.0 else np.full(channels, default)
-    a = float_array(a, name)
-    if a.shape != (channels,):
-        raise ValueError(
-            f"{name} must have shape ({channels},) for x of shape {tuple(x_shape)} "
-            f"with {channels} channels; got shape {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.float64)
+        return None
+    a = float_array(a, name, xp)
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} must have {requirement}; got shape {tuple(a.shape)}")
+    return a
 
 
-def running_stats(running_mean, running_var, channels: int, x_shape, *, required: bool):
+def channel_vector(a, name: str, channels: int, x_shape, xp=None):
+    """A per-channel parameter or statistic of shape (C,), validated (None stays None)."""
+    return _shaped(a, name, (channels,), xp,
+                   f"shape ({channels},) for x of shape {tuple(x_shape)} with {channels} "
+                   "channels")
+
+
+def running_stats(running_mean, running_var, channels: int, x_shape, *, required: bool,
+                  xp=None):
     """Check the running statistics (both or neither; writeable when they will be updated)."""
+    xp = xp or _host()
     if running_mean is None and running_var is None:
         if required:
             raise ValueError(
@@ -108,29 +154,30 @@ def running_stats(running_mean, running_var, channels: int, x_shape, *, required
         raise ValueError(f"{missing} is None but the other running statistic is given; "
                          "pass both or neither")
     for name, a in (("running_mean", running_mean), ("running_var", running_var)):
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{name} must be a NumPy array; got {type(a).__name__}")
-        float_array(a, name)
-        if a.shape != (channels,):
-            raise ValueError(
-                f"{name} must have shape ({channels},) for x of shape {tuple(x_shape)} "
-                f"with {channels} channels; got shape {a.shape}")
-        if not required and not a.flags.writeable:
+        if not hasattr(a, "shape"):
+            raise TypeError(f"{name} is updated in place, so it must be an array on x's "
+                            f"device; got {type(a).__name__}")
+        channel_vector(a, name, channels, x_shape, xp)
+        if not required and not writeable(a):
             raise ValueError(f"{name} is read-only but must be updated in place in training")
 
 
-def output(out, shape, dtype, name: str = "out"):
+def output(out, shape, dtype, name: str = "out", xp=None):
+    """``out`` (x's shape and dtype, writeable, on x's device), or None."""
     if out is None:
         return None
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array; got {type(out).__name__}")
-    if out.shape != tuple(shape) or out.dtype != dtype:
+    xp = xp or _host()
+    if not hasattr(out, "shape"):
+        raise TypeError(f"{name} is written in place, so it must be an array on x's device; "
+                        f"got {type(out).__name__}")
+    d = float_array(out, name, xp)
+    if tuple(d.shape) != tuple(shape) or d.dtype != dtype:
         raise ValueError(
             f"{name} must have shape {tuple(shape)} and dtype {dtype}; "
-            f"got shape {out.shape} and dtype {out.dtype}")
-    if not out.flags.writeable:
+            f"got shape {tuple(d.shape)} and dtype {d.dtype}")
+    if not writeable(out):
         raise ValueError(f"{name} is read-only")
-    return out
+    return d
 
 
 def _layout(a) -> tuple[int, tuple, tuple, int]:
@@ -196,12 +243,14 @@ def refuse_overlap(outputs: dict, inputs: dict) -> None:
                     f"must not overlap any other argument (pass a separate array)")
 
 
-def as_3d(x: np.ndarray, axis: int) -> np.ndarray:
-    """C-contiguous ``(A, C, B)`` view (a copy only for non-contiguous or float16 input)."""
-    shape = x.shape
+def as_3d(x, axis: int, xp=None):
+    """C-contiguous ``(A, C, B)`` view in the compute dtype (a copy only for strided or
+    float16 input, made on x's device)."""
+    xp = xp or _host()
+    shape = tuple(x.shape)
     a = math.prod(shape[:axis])
     b = math.prod(shape[axis + 1:])
-    xc = np.ascontiguousarray(x, dtype=compute_dtype(x.dtype))
+    xc = xp.contiguous(x, compute_dtype(x.dtype))
     return xc.reshape(a, shape[axis], b)
 
 
@@ -219,31 +268,32 @@ def refuse_running_overlap(training, x, weight, bias, running_mean, running_var,
         refuse_overlap({"out": out}, {"running_mean": running_mean, "running_var": running_var})
 
 
-def result_buffer(out, x3: np.ndarray, src, *inputs):
+def result_buffer(xp, out, x3, src, *inputs):
     """Where a kernel writes a result shaped like ``x3``: ``out`` itself when its
     memory can take the kernel's layout and dtype directly and the kernel cannot
-    read what it has written, else a new array (that :func:`deliver` copies into
-    ``out`` once the kernel has read every input).
+    read what it has written, else a new array on x's device (that
+    :func:`deliver` copies into ``out`` once the kernel has read every input).
 
     ``src`` may be ``out`` itself (the kernels read each element of ``src``
     before they write that element of the result: ``out=x`` works in place) but
     must not partly overlap it; ``inputs`` (``None`` allowed) must not overlap
-    ``out`` at all.
+    ``out`` at all.  Pointer ranges decide, on the host and on the device alike.
     """
-    if (out is not None and out.dtype == x3.dtype and out.flags.c_contiguous
+    if (out is not None and out.dtype == x3.dtype and xp.is_contiguous(out)
             and (src is None or not may_overlap(out, src) or same_array(out, src))
             and not any(may_overlap(out, a) for a in inputs)):
         return out.reshape(x3.shape)
-    return np.empty_like(x3)
+    return xp.empty(x3.shape, x3.dtype)
 
 
-def deliver(buf: np.ndarray, out, shape, dtype):
-    """Return the result in the caller's shape and dtype, writing ``out`` if given."""
+def deliver(xp, buf, out, shape, dtype):
+    """The result in the caller's shape and dtype, written into ``out`` if given (a
+    copy only when the kernel wrote a temporary)."""
     if out is not None:
-        if not np.may_share_memory(buf, out):
-            np.copyto(out, buf.reshape(shape), casting="unsafe")
+        if not may_overlap(buf, out):
+            xp.copy(buf.reshape(shape), out)
         return out
-    return buf.reshape(shape).astype(dtype, copy=False)
+    return xp.cast(buf.reshape(shape), dtype)
 
 
 def normalized_shape(shape, x_shape) -> tuple:
@@ -267,26 +317,18 @@ def normalized_shape(shape, x_shape) -> tuple:
     return shape
 
 
-def elementwise_param(a, name: str, shape, x_shape, dtype, default: float):
-    """A layer/RMS norm parameter as a contiguous (D,) array in the compute dtype."""
+def elementwise_param(a, name: str, shape, x_shape, xp=None):
+    """A layer/RMS norm parameter of ``normalized_shape``, validated (None stays None)."""
+    return _shaped(a, name, shape, xp,
+                   f"normalized_shape {tuple(shape)} for x of shape {tuple(x_shape)}")
+
+
+def stat_vector(a, name: str, shape, x_shape, xp=None):
+    """Saved statistics (mean, rstd) of a given shape, validated."""
     if a is None:
-        return np.full(math.prod(shape), default, dtype=dtype)
-    a = float_array(a, name)
-    if a.shape != tuple(shape):
-        raise ValueError(
-            f"{name} must have normalized_shape {tuple(shape)} for x of shape {tuple(x_shape)}; "
-            f"got shape {a.shape}")
-    return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
-
-
-def stat_vector(a, name: str, shape, x_shape):
-    """Saved statistics (mean, rstd) of a given shape, as contiguous float64."""
-    a = float_array(a, name)
-    if a.shape != tuple(shape):
-        raise ValueError(
-            f"{name} must have shape {tuple(shape)} for x of shape {tuple(x_shape)}; "
-            f"got shape {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.float64).reshape(-1)
+        raise TypeError(f"{name} must be a floating-point array (float16, float32 or "
+                        "float64); got None")
+    return _shaped(a, name, shape, xp, f"shape {tuple(shape)} for x of shape {tuple(x_shape)}")
 
 
 def groups(num_groups, channels: int, x_shape) -> int:
@@ -301,28 +343,33 @@ def groups(num_groups, channels: int, x_shape) -> int:
     return int(num_groups)
 
 
-def same_as_x(dy, x, name: str = "dy"):
-    dy = float_array(dy, name)
-    if dy.shape != x.shape:
-        raise ValueError(f"{name} must have x's shape {x.shape}; got shape {dy.shape}")
+def same_as_x(dy, x, name: str = "dy", xp=None):
+    """An input with x's shape and dtype, on x's device."""
+    dy = float_array(dy, name, xp)
+    if tuple(dy.shape) != tuple(x.shape):
+        raise ValueError(f"{name} must have x's shape {tuple(x.shape)}; got shape "
+                         f"{tuple(dy.shape)}")
     if dy.dtype != x.dtype:
         raise TypeError(f"{name} must have x's dtype {x.dtype}; got {dy.dtype}")
     return dy
 
 
-def as_rows(x: np.ndarray, d: int) -> np.ndarray:
-    """C-contiguous ``(1, R, D)`` view of ``x`` (a copy only when needed)."""
-    xc = np.ascontiguousarray(x, dtype=compute_dtype(x.dtype))
-    return xc.reshape(1, -1, d) if d else xc.reshape(1, 0, 0)
+def as_rows(x, d: int, xp=None):
+    """C-contiguous ``(1, R, D)`` view of ``x`` in the compute dtype."""
+    xp = xp or _host()
+    xc = xp.contiguous(x, compute_dtype(x.dtype))
+    return xc.reshape(1, xc.size // d if d else 0, d)
 
 
-def as_groups(x: np.ndarray, axis: int):
+def as_groups(x, axis: int, xp=None):
     """C-contiguous ``(N, C, S)`` (``axis=1``) or ``(N, S, C)`` (``axis=-1``) view, and
     whether it is channels-last (2-D input counts as channels-last, ``S = 1``)."""
+    xp = xp or _host()
     n, c = x.shape[0], x.shape[axis]
-    last = axis == x.ndim - 1
-    xc = np.ascontiguousarray(x, dtype=compute_dtype(x.dtype))
-    return (xc.reshape(n, -1, c) if last else xc.reshape(n, c, -1)), last
+    last = axis == len(x.shape) - 1
+    xc = xp.contiguous(x, compute_dtype(x.dtype))
+    s = xc.size // (n * c)
+    return (xc.reshape(n, s, c) if last else xc.reshape(n, c, s)), last
 
 
 def group_axis(axis, x_shape) -> int:

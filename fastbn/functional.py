@@ -14,14 +14,16 @@ Conventions shared by every function (see the README's "Conventions"):
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from . import _checks
-from .cpu import _moments
+from .cpu import _arrays as _cpu_arrays
 from .cpu import batch_norm as _cpu_bn
 from .cpu import group_norm as _cpu_gn
 from .cpu import layer_norm as _cpu_ln
+from .cpu import moments as _cpu_moments
 
 __all__ = [
     "batch_norm",
@@ -40,16 +42,56 @@ __all__ = [
 ]
 
 
-def _gpu(module: str):
-    """The GPU implementation module, imported on first use (never at ``import fastbn``)."""
-    import importlib
+class _Backend(NamedTuple):
+    """One backend's modules.  :mod:`fastbn.cpu` and :mod:`fastbn.cuda` mirror each
+    other: the same module names, and in each the same functions with the same
+    signatures, which only compute on inputs validated and prepared here."""
 
-    try:
-        return importlib.import_module(f"fastbn.cuda.{module}")
-    except ImportError as exc:
-        raise ImportError(
-            "fastbn got GPU arrays, but its CUDA backend needs numba-cuda: "
-            "pip install 'fastbn[cuda]' (pip install numba-cuda)") from exc
+    arrays: object  # the array primitives (wrap, empty, contiguous, copy, ...)
+    batch_norm: object  # moments, forward_train, update_running, inference, backward
+    group_norm: object  # forward, backward
+    layer_norm: object  # forward, backward (layer norm and RMS norm)
+    moments: object  # merge, to_stats
+
+
+_CPU = _Backend(_cpu_arrays, _cpu_bn, _cpu_gn, _cpu_ln, _cpu_moments)
+_CUDA: list = []
+
+
+def _cuda() -> _Backend:
+    """The GPU backend, imported on first use (never at ``import fastbn``)."""
+    if not _CUDA:
+        import importlib
+
+        try:
+            modules = [importlib.import_module(f"fastbn.cuda.{name}")
+                       for name in ("_arrays", *_Backend._fields[1:])]
+        except ImportError as exc:
+            raise ImportError(
+                "fastbn got GPU arrays, but its CUDA backend needs numba-cuda: "
+                "pip install 'fastbn[cuda]' (pip install numba-cuda)") from exc
+        _CUDA.append(_Backend(*modules))
+    from .cuda import _require_gpu
+
+    _require_gpu()
+    return _CUDA[0]
+
+
+def _backend(*arrays) -> _Backend:
+    """The backend of a call: the GPU when any of ``arrays`` is a device array (x for
+    the ops), else the CPU.  Arrays on the other device are refused by validation."""
+    return _cuda() if any(_checks.is_cuda_array(a) for a in arrays) else _CPU
+
+
+def _channel_input(x, axis):
+    """x validated on its backend: ``(backend, x, shape, channel axis, C, values per
+    channel)``."""
+    be = _backend(x)
+    x = _checks.float_array(x, "x", be.arrays)
+    shape = tuple(x.shape)
+    ax = _checks.channel_axis(axis, len(shape), shape)
+    c = shape[ax]
+    return be, x, shape, ax, c, (math.prod(shape) // c if c else 0)
 
 
 def batch_norm(
@@ -141,72 +183,51 @@ def batch_norm(
     >>> bool(abs(y.mean()) < 1e-5)
     True
     """
-    if _checks.is_cuda_array(x):
-        return _gpu("batch_norm").batch_norm(
-            x, weight, bias, running_mean, running_var, training=training, momentum=momentum,
-            eps=eps, axis=axis, out=out, activation=activation, residual=residual)
-    x = _checks.float_array(x, "x")
-    ax = _checks.channel_axis(axis, x.ndim, x.shape)
-    c = x.shape[ax]
-    m = x.size // c if c else 0
-    w = _checks.channel_vector(weight, "weight", c, x.shape, default=1.0)
-    b = _checks.channel_vector(bias, "bias", c, x.shape, default=0.0)
-    _checks.running_stats(running_mean, running_var, c, x.shape, required=not training)
+    be, x, shape, ax, c, m = _channel_input(x, axis)
+    xp = be.arrays
+    w = _checks.channel_vector(weight, "weight", c, shape, xp)
+    b = _checks.channel_vector(bias, "bias", c, shape, xp)
+    _checks.running_stats(running_mean, running_var, c, shape, required=not training, xp=xp)
     eps = _checks.positive_eps(eps)
     momentum = _checks.unit_momentum(momentum)
     if training and m <= 1:
         raise ValueError(
             "expected more than 1 value per channel when training; "
-            f"got x of shape {x.shape} with {c} channels along axis {axis}")
-    out = _checks.output(out, x.shape, x.dtype)
+            f"got x of shape {shape} with {c} channels along axis {axis}")
+    out = _checks.output(out, shape, x.dtype, xp=xp)
     relu = _checks.activation(activation)
-    res = None if residual is None else _checks.same_as_x(residual, x, "residual")
+    res = None if residual is None else _checks.same_as_x(residual, x, "residual", xp)
+    rm, rv = (None if a is None else xp.wrap(a) for a in (running_mean, running_var))
+    _checks.refuse_running_overlap(training, x, w, b, rm, rv, res, out)
+
     sdtype = _checks.stats_dtype(x.dtype)
-    _checks.refuse_running_overlap(training, x, weight, bias, running_mean, running_var, res,
-                                   out)
-
+    cdtype = _checks.compute_dtype(x.dtype)
+    x3 = _checks.as_3d(x, ax, xp)
+    y3 = _checks.result_buffer(xp, out, x3, x, res, w, b)
+    res3 = None if res is None else _checks.as_3d(res, ax, xp)
+    wk, bk = xp.param(w, c, 1.0, cdtype), xp.param(b, c, 0.0, cdtype)
     if not training:
-        mean = np.empty(c, sdtype)
-        rstd = np.empty(c, sdtype)
-        if x.size == 0:
-            mean[:] = running_mean
-            rstd[:] = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
-            return (_checks.deliver(np.empty(x.shape, x.dtype), out, x.shape, x.dtype), mean,
-                    rstd)
-        x3 = _checks.as_3d(x, ax)
-        y3 = _checks.result_buffer(out, x3, x, res, weight, bias)
-        res3 = None if res is None else _checks.as_3d(res, ax)
-        rm, rv = (a if a.dtype != np.float16 else a.astype(np.float32)  # numba has no float16
-                  for a in (running_mean, running_var))
-        _cpu_bn.inference(x3, rm, rv, eps, w, b, y3, mean, rstd, res3, relu)
-        return _checks.deliver(y3, out, x.shape, x.dtype), mean, rstd
-
-    x3 = _checks.as_3d(x, ax)
-    y3 = _checks.result_buffer(out, x3, x, res, weight, bias)
-    res3 = None if res is None else _checks.as_3d(res, ax)
-    mean, m2, rstd = _cpu_bn.forward_train(x3, w, b, eps, y3, res3, relu)
-    if running_mean is not None:
-        _update_running(running_mean, running_var, mean, m2, m, momentum)
-    return _checks.deliver(y3, out, x.shape, x.dtype), mean.astype(sdtype), rstd.astype(sdtype)
+        mean, rstd = xp.empty(c, sdtype), xp.empty(c, sdtype)
+        rm, rv = (xp.contiguous(a, np.float32) if a.dtype == np.float16 else a  # read as float32
+                  for a in (rm, rv))
+        be.batch_norm.inference(x3, rm, rv, eps, wk, bk, y3, mean, rstd, res3, relu)
+        return _checks.deliver(xp, y3, out, shape, x.dtype), mean, rstd
+    mean, m2, rstd = be.batch_norm.forward_train(x3, wk, bk, eps, y3, res3, relu)
+    if rm is not None:
+        _update_running(rm, rv, mean, m2, m, momentum, be)
+    return (_checks.deliver(xp, y3, out, shape, x.dtype), xp.cast(mean, sdtype),
+            xp.cast(rstd, sdtype))
 
 
-def _update_running(running_mean, running_var, mean, m2, m, momentum):
-    """In place, PyTorch's rule with the unbiased variance (float16 stats via NumPy).
+def _update_running(running_mean, running_var, mean, m2, m, momentum, be=None):
+    """In place, PyTorch's rule with the unbiased variance, on the statistics' device.
 
     Channels whose batch statistics are not finite (NaN or inf in the batch)
     keep their running values, with a RuntimeWarning: one bad batch must not
     poison the statistics used at inference.  (PyTorch updates them to NaN.)
     """
-    if running_mean.dtype == np.float16 or running_var.dtype == np.float16:
-        ok = np.isfinite(mean) & np.isfinite(m2)
-        with np.errstate(invalid="ignore", over="ignore"):
-            new_mean = (1.0 - momentum) * running_mean + momentum * mean
-            new_var = (1.0 - momentum) * running_var + momentum * (m2 / (m - 1))
-        running_mean[ok] = new_mean[ok]
-        running_var[ok] = new_var[ok]
-        skipped = int(ok.size - ok.sum())
-    else:
-        skipped = _cpu_bn.update_running(running_mean, running_var, mean, m2, m, momentum)
+    be = be or _backend(running_mean)
+    skipped = be.batch_norm.update_running(running_mean, running_var, mean, m2, m, momentum)
     if skipped:
         _checks.warn_skipped_update(skipped, mean.shape[0])
 
@@ -275,43 +296,37 @@ def batch_norm_backward(
     One pass reads x and dy for both sums, a second writes dx (from cache
     when a channel fits).
     """
-    if _checks.is_cuda_array(x):
-        return _gpu("batch_norm").batch_norm_backward(
-            dy, x, mean, rstd, weight, training=training, axis=axis, activation=activation, y=y,
-            dresidual=dresidual)
-    x = _checks.float_array(x, "x")
-    dy = _checks.float_array(dy, "dy")
-    ax = _checks.channel_axis(axis, x.ndim, x.shape)
-    if dy.shape != x.shape:
-        raise ValueError(f"dy must have x's shape {x.shape}; got shape {dy.shape}")
-    if dy.dtype != x.dtype:
-        raise TypeError(f"dy must have x's dtype {x.dtype}; got {dy.dtype}")
-    c = x.shape[ax]
-    mean64 = _checks.channel_vector(mean, "mean", c, x.shape)
-    rstd64 = _checks.channel_vector(rstd, "rstd", c, x.shape)
-    w = _checks.channel_vector(weight, "weight", c, x.shape, default=1.0)
+    be, x, shape, ax, c, _ = _channel_input(x, axis)
+    xp = be.arrays
+    dy = _checks.same_as_x(dy, x, "dy", xp)
+    mean = _checks.stat_vector(mean, "mean", (c,), shape, xp)
+    rstd = _checks.stat_vector(rstd, "rstd", (c,), shape, xp)
+    w = _checks.channel_vector(weight, "weight", c, shape, xp)
     relu = _checks.activation(activation)
     if relu and y is None:
         raise ValueError("activation='relu' needs y, the forward's saved output, for the mask")
-    y = None if y is None else _checks.same_as_x(y, x, "y")
-    dresidual = _checks.output(dresidual, x.shape, x.dtype, "dresidual")
+    y = None if y is None else _checks.same_as_x(y, x, "y", xp)
+    dres = _checks.output(dresidual, shape, x.dtype, "dresidual", xp)
     sdtype = _checks.stats_dtype(x.dtype)
     if x.size == 0:
-        return np.zeros(x.shape, x.dtype), np.zeros(c, sdtype), np.zeros(c, sdtype)
+        return (xp.full(shape, 0.0, x.dtype), xp.full(c, 0.0, sdtype),
+                xp.full(c, 0.0, sdtype))
 
-    x3 = _checks.as_3d(x, ax)
-    dy3 = _checks.as_3d(dy, ax)
-    dx3 = np.empty_like(x3)
-    y3 = None if y is None else _checks.as_3d(y, ax)
+    cdtype = _checks.compute_dtype(x.dtype)
+    x3 = _checks.as_3d(x, ax, xp)
+    dy3 = _checks.as_3d(dy, ax, xp)
+    y3 = None if y is None else _checks.as_3d(y, ax, xp)
+    dx3 = xp.empty(x3.shape, x3.dtype)
     # The kernels write dresidual before they read x: any overlap goes through a copy.
-    dres3 = None if dresidual is None else _checks.result_buffer(
-        dresidual, x3, None, x, dy, y, mean, rstd, weight)
-    dweight, dbias = _cpu_bn.backward(dy3, x3, mean64, rstd64, w, bool(training), dx3, y3, relu,
-                                      dres3)
-    if dresidual is not None:
-        _checks.deliver(dres3, dresidual, x.shape, x.dtype)
-    return dx3.reshape(x.shape).astype(x.dtype, copy=False), dweight.astype(sdtype), \
-        dbias.astype(sdtype)
+    dres3 = None if dres is None else _checks.result_buffer(xp, dres, x3, None, x, dy, y, mean,
+                                                            rstd, w)
+    dweight, dbias = be.batch_norm.backward(
+        dy3, x3, xp.param(mean, c, None, cdtype), xp.param(rstd, c, None, cdtype),
+        xp.param(w, c, 1.0, cdtype), bool(training), dx3, y3, relu, dres3)
+    if dres is not None:
+        _checks.deliver(xp, dres3, dres, shape, x.dtype)
+    return (xp.cast(dx3.reshape(shape), x.dtype), xp.cast(dweight, sdtype),
+            xp.cast(dbias, sdtype))
 
 
 def moments(x: np.ndarray, axis: int = 1) -> tuple[int, np.ndarray, np.ndarray]:
@@ -324,15 +339,11 @@ def moments(x: np.ndarray, axis: int = 1) -> tuple[int, np.ndarray, np.ndarray]:
     device results (``count`` an int, ``mean``/``m2`` float64 device arrays), and
     :func:`merge_moments`/:func:`moments_to_stats` take and return device arrays.
     """
-    if _checks.is_cuda_array(x):
-        return _gpu("moments").moments(x, axis)
-    x = _checks.float_array(x, "x")
-    ax = _checks.channel_axis(axis, x.ndim, x.shape)
-    c = x.shape[ax]
-    count = x.size // c if c else 0
+    be, x, shape, ax, c, count = _channel_input(x, axis)
+    xp = be.arrays
     if count == 0:
-        return 0, np.zeros(c), np.zeros(c)
-    mean, m2 = _cpu_bn.moments(_checks.as_3d(x, ax))
+        return 0, xp.full(c, 0.0, np.float64), xp.full(c, 0.0, np.float64)
+    mean, m2 = be.batch_norm.moments(_checks.as_3d(x, ax, xp))
     return count, mean, m2
 
 
@@ -344,28 +355,28 @@ def merge_moments(a, b) -> tuple[int, np.ndarray, np.ndarray]:
     """
     na, mean_a, m2_a = a
     nb, mean_b, m2_b = b
-    if any(_checks.is_cuda_array(v) for v in (mean_a, m2_a, mean_b, m2_b)):
-        # device moments: merged on the device (a part with count 0 is not read)
-        return _gpu("moments").merge_moments(a, b)
-    mean_a = np.asarray(mean_a, dtype=np.float64)
-    mean_b = np.asarray(mean_b, dtype=np.float64)
-    m2_a = np.asarray(m2_a, dtype=np.float64)
-    m2_b = np.asarray(m2_b, dtype=np.float64)
-    if mean_a.shape != mean_b.shape:
-        raise ValueError(f"moments to merge must have the same shape; got {mean_a.shape} "
-                         f"and {mean_b.shape}")
-    na, nb = int(na), int(nb)
-    if na < 0 or nb < 0:
-        raise ValueError(f"counts must be >= 0; got {na} and {nb}")
-    if nb == 0:
-        return na, mean_a.copy(), m2_a.copy()
-    if na == 0:
-        return nb, mean_b.copy(), m2_b.copy()
-    # the CPU kernels' formula itself (plain arithmetic, the same operations in
-    # the same order), evaluated by NumPy on the vectors
-    wb, wab = _moments.chan_weights.py_func(na, nb)
-    mean, m2 = _moments.chan_step.py_func(mean_a, m2_a, mean_b, m2_b, wb, wab)
-    return na + nb, mean, m2
+    be = _backend(mean_a, m2_a, mean_b, m2_b)
+    xp = be.arrays
+    shapes = [_checks.shape_of(v) for v in (mean_a, m2_a, mean_b, m2_b)]
+    if shapes[0] != shapes[2] or shapes[0] != shapes[1] or shapes[2] != shapes[3]:
+        raise ValueError(f"moments to merge must have the same shape; got {shapes[0]} "
+                         f"and {shapes[2]}")
+    na, nb = _checks.count(na, "count"), _checks.count(nb, "count")
+    shape = shapes[0]
+    k = math.prod(shape)
+
+    def part(mean, m2, tag):
+        return [xp.param(_checks.float_array(v, name + tag, xp), k, None, np.float64)
+                for v, name in ((mean, "mean"), (m2, "m2"))]
+
+    if na == 0 and nb == 0:
+        return 0, xp.full(shape, 0.0, np.float64), xp.full(shape, 0.0, np.float64)
+    if na == 0 or nb == 0:
+        n, mean, m2 = (na, mean_a, m2_a) if nb == 0 else (nb, mean_b, m2_b)
+        return n, *(xp.copy(v.reshape(shape), xp.empty(shape, np.float64))
+                    for v in part(mean, m2, "_a" if nb == 0 else "_b"))
+    mean, m2 = be.moments.merge(na, *part(mean_a, m2_a, "_a"), nb, *part(mean_b, m2_b, "_b"))
+    return na + nb, mean.reshape(shape), m2.reshape(shape)
 
 
 def moments_to_stats(count, mean, m2, eps: float = 1e-5):
@@ -374,17 +385,21 @@ def moments_to_stats(count, mean, m2, eps: float = 1e-5):
     ``unbiased_var = m2 / (count - 1)`` (the running-variance convention); it
     is NaN for a count of 1.
     """
-    if _checks.is_cuda_array(mean) or _checks.is_cuda_array(m2):
-        return _gpu("moments").moments_to_stats(count, mean, m2, eps)
+    be = _backend(mean, m2)
+    xp = be.arrays
     eps = _checks.positive_eps(eps)
-    count = int(count)
+    count = _checks.count(count, "count")
     if count <= 0:
         raise ValueError(f"count must be positive; got {count}")
-    mean = np.asarray(mean, dtype=np.float64)
-    m2 = np.asarray(m2, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        unbiased = m2 / (count - 1) if count > 1 else np.full_like(m2, np.nan)
-    return mean.copy(), 1.0 / np.sqrt(m2 / count + eps), unbiased
+    mean = _checks.float_array(mean, "mean", xp)
+    m2 = _checks.float_array(m2, "m2", xp)
+    shape = tuple(m2.shape)
+    if tuple(mean.shape) != shape:
+        raise ValueError(f"mean and m2 must have the same shape; got {tuple(mean.shape)} "
+                         f"and {shape}")
+    k = math.prod(shape)
+    flat = [xp.param(v, k, None, np.float64) for v in (mean, m2)]
+    return tuple(v.reshape(shape) for v in be.moments.to_stats(count, *flat, eps))
 
 
 # --- layer norm and RMS norm -----------------------------------------------------------
@@ -392,45 +407,55 @@ def moments_to_stats(count, mean, m2, eps: float = 1e-5):
 
 def _rows_forward(x, normalized_shape, weight, bias, eps, out, center):
     """Shared body of :func:`layer_norm` and :func:`rms_norm`."""
-    x = _checks.float_array(x, "x")
-    shape = _checks.normalized_shape(normalized_shape, x.shape)
-    cdtype = _checks.compute_dtype(x.dtype)
-    w = _checks.elementwise_param(weight, "weight", shape, x.shape, cdtype, 1.0)
-    b = _checks.elementwise_param(bias, "bias", shape, x.shape, cdtype, 0.0)
+    be = _backend(x)
+    xp = be.arrays
+    x = _checks.float_array(x, "x", xp)
+    shape = _checks.normalized_shape(normalized_shape, tuple(x.shape))
+    w = _checks.elementwise_param(weight, "weight", shape, x.shape, xp)
+    b = _checks.elementwise_param(bias, "bias", shape, x.shape, xp)
     eps = _checks.positive_eps(eps)
-    out = _checks.output(out, x.shape, x.dtype)
-    lead = x.shape[:x.ndim - len(shape)]
+    out = _checks.output(out, x.shape, x.dtype, xp=xp)
+    lead = tuple(x.shape[:len(x.shape) - len(shape)])
     sdtype = _checks.stats_dtype(x.dtype)
     if x.size == 0:
-        nan = np.full(lead, np.nan, sdtype)
-        return _checks.deliver(np.empty(x.shape, x.dtype), out, x.shape, x.dtype), nan, nan
-    x3 = _checks.as_rows(x, math.prod(shape))
-    y3 = _checks.result_buffer(out, x3, x, weight, bias)
-    mean, rstd = _cpu_ln.forward(x3, w, b, eps, center, y3)
-    return (_checks.deliver(y3, out, x.shape, x.dtype), mean.reshape(lead).astype(sdtype),
-            rstd.reshape(lead).astype(sdtype))
+        return (_checks.deliver(xp, xp.empty(x.shape, x.dtype), out, x.shape, x.dtype),
+                xp.full(lead, np.nan, sdtype), xp.full(lead, np.nan, sdtype))
+    cdtype = _checks.compute_dtype(x.dtype)
+    d = math.prod(shape)
+    x3 = _checks.as_rows(x, d, xp)
+    y3 = _checks.result_buffer(xp, out, x3, x, w, b)
+    mean, rstd = be.layer_norm.forward(x3, xp.elementwise(w, d, 1.0, cdtype),
+                                       xp.elementwise(b, d, 0.0, cdtype), eps, center, y3)
+    return (_checks.deliver(xp, y3, out, x.shape, x.dtype),
+            xp.cast(mean.reshape(lead), sdtype), xp.cast(rstd.reshape(lead), sdtype))
 
 
 def _rows_backward(dy, x, normalized_shape, mean, rstd, weight, center):
     """Shared body of :func:`layer_norm_backward` and :func:`rms_norm_backward`."""
-    x = _checks.float_array(x, "x")
-    dy = _checks.same_as_x(dy, x)
-    shape = _checks.normalized_shape(normalized_shape, x.shape)
-    lead = x.shape[:x.ndim - len(shape)]
-    rstd64 = _checks.stat_vector(rstd, "rstd", lead, x.shape)
-    mean64 = (_checks.stat_vector(mean, "mean", lead, x.shape) if center
-              else np.zeros(rstd64.shape))
-    w = _checks.elementwise_param(weight, "weight", shape, x.shape,
-                                  _checks.compute_dtype(x.dtype), 1.0)
+    be = _backend(x)
+    xp = be.arrays
+    x = _checks.float_array(x, "x", xp)
+    dy = _checks.same_as_x(dy, x, "dy", xp)
+    shape = _checks.normalized_shape(normalized_shape, tuple(x.shape))
+    lead = tuple(x.shape[:len(x.shape) - len(shape)])
+    rstd = _checks.stat_vector(rstd, "rstd", lead, x.shape, xp)
+    mean = _checks.stat_vector(mean, "mean", lead, x.shape, xp) if center else None
+    w = _checks.elementwise_param(weight, "weight", shape, x.shape, xp)
     sdtype = _checks.stats_dtype(x.dtype)
     if x.size == 0:
-        return np.zeros(x.shape, x.dtype), np.zeros(shape, sdtype), np.zeros(shape, sdtype)
-    x3 = _checks.as_rows(x, math.prod(shape))
-    dy3 = _checks.as_rows(dy, math.prod(shape))
-    dx3 = np.empty_like(x3)
-    dweight, dbias = _cpu_ln.backward(dy3, x3, mean64, rstd64, w, center, dx3)
-    return (dx3.reshape(x.shape).astype(x.dtype, copy=False),
-            dweight.reshape(shape).astype(sdtype), dbias.reshape(shape).astype(sdtype))
+        return (xp.full(x.shape, 0.0, x.dtype), xp.full(shape, 0.0, sdtype),
+                xp.full(shape, 0.0, sdtype))
+    cdtype = _checks.compute_dtype(x.dtype)
+    d = math.prod(shape)
+    r = math.prod(lead)
+    x3 = _checks.as_rows(x, d, xp)
+    dy3 = _checks.as_rows(dy, d, xp)
+    dx3 = xp.empty(x3.shape, x3.dtype)
+    dweight, dbias = be.layer_norm.backward(
+        dy3, x3, xp.param(mean, r, 0.0, cdtype), xp.param(rstd, r, None, cdtype),
+        xp.elementwise(w, d, 1.0, cdtype), center, dx3)
+    return (xp.cast(dx3.reshape(x.shape), x.dtype), xp.cast(dweight.reshape(shape), sdtype),
+            xp.cast(dbias.reshape(shape), sdtype))
 
 
 def layer_norm(
@@ -478,9 +503,6 @@ def layer_norm(
     Many short rows run one row per L1-resident step; few long rows are split
     into chunks so every core works on them.
     """
-    if _checks.is_cuda_array(x):
-        return _gpu("layer_norm").forward(x, normalized_shape, weight, bias, eps=eps, out=out,
-                                          center=True)
     return _rows_forward(x, normalized_shape, weight, bias, eps, out, True)
 
 
@@ -500,9 +522,6 @@ def layer_norm_backward(
     sum(dy)`` over the leading dims, shape ``normalized_shape`` (float64 for
     float64 x, float32 otherwise).
     """
-    if _checks.is_cuda_array(x):
-        return _gpu("layer_norm").backward(dy, x, normalized_shape, mean, rstd, weight,
-                                           center=True)
     return _rows_backward(dy, x, normalized_shape, mean, rstd, weight, True)
 
 
@@ -521,10 +540,6 @@ def rms_norm(
     :func:`layer_norm` for the parameters; RMS norm has no bias and no
     centring.
     """
-    if _checks.is_cuda_array(x):
-        y, _, rstd = _gpu("layer_norm").forward(x, normalized_shape, weight, None, eps=eps,
-                                                out=out, center=False)
-        return y, rstd
     y, _, rstd = _rows_forward(x, normalized_shape, weight, None, eps, out, False)
     return y, rstd
 
@@ -542,10 +557,6 @@ def rms_norm_backward(
     ``dx = (dy_hat - xhat * sum(dy_hat * xhat) / D) * rstd``,
     ``dweight = sum(dy * xhat)`` over the leading dims.
     """
-    if _checks.is_cuda_array(x):
-        dx, dweight, _ = _gpu("layer_norm").backward(dy, x, normalized_shape, None, rstd,
-                                                     weight, center=False)
-        return dx, dweight
     dx, dweight, _ = _rows_backward(dy, x, normalized_shape, None, rstd, weight, False)
     return dx, dweight
 
@@ -596,33 +607,35 @@ def group_norm(
     parameters; ``G = C`` is instance norm.  A group must hold more than one
     value.
     """
-    if _checks.is_cuda_array(x):
-        return _gpu("group_norm").forward(x, num_groups, weight, bias, eps=eps, axis=axis,
-                                          out=out)
-    x = _checks.float_array(x, "x")
-    ax = _checks.group_axis(axis, x.shape)
-    c = x.shape[ax]
-    g = _checks.groups(num_groups, c, x.shape)
-    n = x.shape[0]
-    spatial = math.prod(x.shape) // (n * c) if n * c else math.prod(
-        d for i, d in enumerate(x.shape) if i not in (0, ax))
+    be = _backend(x)
+    xp = be.arrays
+    x = _checks.float_array(x, "x", xp)
+    shape = tuple(x.shape)
+    ax = _checks.group_axis(axis, shape)
+    c = shape[ax]
+    g = _checks.groups(num_groups, c, shape)
+    n = shape[0]
+    spatial = math.prod(shape) // (n * c) if n * c else math.prod(
+        d for i, d in enumerate(shape) if i not in (0, ax))
     if c // g * spatial <= 1:
         raise ValueError(
-            f"expected more than 1 value per group; got x of shape {x.shape} with "
+            f"expected more than 1 value per group; got x of shape {shape} with "
             f"{g} groups of {c // g} channels")
-    w = _checks.channel_vector(weight, "weight", c, x.shape, default=1.0)
-    b = _checks.channel_vector(bias, "bias", c, x.shape, default=0.0)
+    w = _checks.channel_vector(weight, "weight", c, shape, xp)
+    b = _checks.channel_vector(bias, "bias", c, shape, xp)
     eps = _checks.positive_eps(eps)
-    out = _checks.output(out, x.shape, x.dtype)
+    out = _checks.output(out, shape, x.dtype, xp=xp)
     sdtype = _checks.stats_dtype(x.dtype)
     if x.size == 0:
-        empty = np.empty((n, g), sdtype)
-        return _checks.deliver(np.empty(x.shape, x.dtype), out, x.shape, x.dtype), empty, empty
-    x3, last = _checks.as_groups(x, ax)
-    y3 = _checks.result_buffer(out, x3, x, weight, bias)
-    mean, rstd = _cpu_gn.forward(x3, g, w, b, eps, last, y3)
-    return (_checks.deliver(y3, out, x.shape, x.dtype), mean.reshape(n, g).astype(sdtype),
-            rstd.reshape(n, g).astype(sdtype))
+        return (_checks.deliver(xp, xp.empty(shape, x.dtype), out, shape, x.dtype),
+                xp.empty((n, g), sdtype), xp.empty((n, g), sdtype))
+    cdtype = _checks.compute_dtype(x.dtype)
+    x3, last = _checks.as_groups(x, ax, xp)
+    y3 = _checks.result_buffer(xp, out, x3, x, w, b)
+    mean, rstd = be.group_norm.forward(x3, g, xp.param(w, c, 1.0, cdtype),
+                                       xp.param(b, c, 0.0, cdtype), eps, last, y3)
+    return (_checks.deliver(xp, y3, out, shape, x.dtype), xp.cast(mean.reshape(n, g), sdtype),
+            xp.cast(rstd.reshape(n, g), sdtype))
 
 
 def group_norm_backward(
@@ -643,26 +656,31 @@ def group_norm_backward(
     ``dbias`` have shape (C,): ``sum(dy * xhat)`` and ``sum(dy)`` over every
     axis but the channel axis.
     """
-    if _checks.is_cuda_array(x):
-        return _gpu("group_norm").backward(dy, x, num_groups, mean, rstd, weight, axis=axis)
-    x = _checks.float_array(x, "x")
-    dy = _checks.same_as_x(dy, x)
-    ax = _checks.group_axis(axis, x.shape)
-    c = x.shape[ax]
-    g = _checks.groups(num_groups, c, x.shape)
-    n = x.shape[0]
-    mean64 = _checks.stat_vector(mean, "mean", (n, g), x.shape)
-    rstd64 = _checks.stat_vector(rstd, "rstd", (n, g), x.shape)
-    w = _checks.channel_vector(weight, "weight", c, x.shape, default=1.0)
+    be = _backend(x)
+    xp = be.arrays
+    x = _checks.float_array(x, "x", xp)
+    dy = _checks.same_as_x(dy, x, "dy", xp)
+    shape = tuple(x.shape)
+    ax = _checks.group_axis(axis, shape)
+    c = shape[ax]
+    g = _checks.groups(num_groups, c, shape)
+    n = shape[0]
+    mean = _checks.stat_vector(mean, "mean", (n, g), shape, xp)
+    rstd = _checks.stat_vector(rstd, "rstd", (n, g), shape, xp)
+    w = _checks.channel_vector(weight, "weight", c, shape, xp)
     sdtype = _checks.stats_dtype(x.dtype)
     if x.size == 0:
-        return np.zeros(x.shape, x.dtype), np.zeros(c, sdtype), np.zeros(c, sdtype)
-    x3, last = _checks.as_groups(x, ax)
-    dy3, _ = _checks.as_groups(dy, ax)
-    dx3 = np.empty_like(x3)
-    dweight, dbias = _cpu_gn.backward(dy3, x3, g, mean64, rstd64, w, last, dx3)
-    return (dx3.reshape(x.shape).astype(x.dtype, copy=False), dweight.astype(sdtype),
-            dbias.astype(sdtype))
+        return (xp.full(shape, 0.0, x.dtype), xp.full(c, 0.0, sdtype),
+                xp.full(c, 0.0, sdtype))
+    cdtype = _checks.compute_dtype(x.dtype)
+    x3, last = _checks.as_groups(x, ax, xp)
+    dy3, _ = _checks.as_groups(dy, ax, xp)
+    dx3 = xp.empty(x3.shape, x3.dtype)
+    dweight, dbias = be.group_norm.backward(
+        dy3, x3, g, xp.param(mean, n * g, None, cdtype), xp.param(rstd, n * g, None, cdtype),
+        xp.param(w, c, 1.0, cdtype), last, dx3)
+    return (xp.cast(dx3.reshape(shape), x.dtype), xp.cast(dweight, sdtype),
+            xp.cast(dbias, sdtype))
 
 
 def instance_norm(
@@ -678,7 +696,7 @@ def instance_norm(
 
     Returns ``(y, mean, rstd)`` with statistics of shape (N, C).
     """
-    x = x if _checks.is_cuda_array(x) else _checks.float_array(x, "x")
+    x = _checks.float_array(x, "x", _backend(x).arrays)
     c = x.shape[_checks.group_axis(axis, tuple(x.shape))]
     return group_norm(x, c, weight, bias, eps=eps, axis=axis, out=out)
 
@@ -693,6 +711,6 @@ def instance_norm_backward(
     axis: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of :func:`instance_norm`: :func:`group_norm_backward` with ``G = C``."""
-    x = x if _checks.is_cuda_array(x) else _checks.float_array(x, "x")
+    x = _checks.float_array(x, "x", _backend(x).arrays)
     c = x.shape[_checks.group_axis(axis, tuple(x.shape))]
     return group_norm_backward(dy, x, c, mean, rstd, weight, axis=axis)

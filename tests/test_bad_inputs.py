@@ -1,8 +1,12 @@
-"""The bad-input table: every case raises before anything is written.
+"""The bad-input table: every case raises before anything is written, on both backends.
 
-Each case builds fresh arrays, calls one public function with one thing wrong,
-and checks the exception type and message, and that every array it was given
-(running statistics, ``out``, ``dresidual``, inputs) is bit-for-bit unchanged.
+Each case builds fresh NumPy arrays, calls one public function with one thing
+wrong, and checks the exception type and message, and that every array it
+was given (running statistics, ``out``, ``dresidual``, inputs) is bit-for-bit
+unchanged.  The same call then runs on device arrays (numba-cuda's simulator
+in CI): every array argument is mirrored on the device with its layout, its
+read-only flag and its aliasing (views of one buffer stay views of one device
+buffer), and the exception and message must be identical.
 ``docs/bad-inputs.md`` is generated from this table
 (``python tests/test_bad_inputs.py > docs/bad-inputs.md``) and a test keeps it
 in step.
@@ -10,12 +14,17 @@ in step.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass
 
-import numpy as np
-import pytest
+if __name__ == "__main__":  # the table is made on the simulator: set before numba loads
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from _mirror import Mirror, OtherDevice
 
 import fastbn
 
@@ -53,7 +62,7 @@ def _bn(**given):
                 call_kw[k] = arrays[v[1:]]
         if args is None:
             args = (arrays["x"], None, None, arrays["running_mean"], arrays["running_var"])
-        return (lambda: fastbn.batch_norm(*args, **call_kw)), arrays
+        return (fastbn.batch_norm, args, call_kw), arrays
     return build
 
 
@@ -62,14 +71,14 @@ def _call(fn, *args, **kw):
     def build():
         arrays = {f"arg{i}": a for i, a in enumerate(args) if isinstance(a, np.ndarray)}
         arrays.update({k: v for k, v in kw.items() if isinstance(v, np.ndarray)})
-        return (lambda: fn(*args, **kw)), arrays
+        return (fn, args, kw), arrays
     return build
 
 
 def _running_overlapping_x():
     x = _x()
     rm, rv = x[0, :, 0], _stats()[1]
-    return (lambda: fastbn.batch_norm(x, None, None, rm, rv)), {"x": x, "rv": rv}
+    return (fastbn.batch_norm, (x, None, None, rm, rv), {}), {"x": x, "rv": rv}
 
 
 def _out_overlapping_running_mean():
@@ -77,7 +86,7 @@ def _out_overlapping_running_mean():
     buf = np.zeros(x.size + C)
     out, rm = buf[:x.size].reshape(x.shape), buf[x.size - 1:x.size - 1 + C]
     rv = _stats()[1]
-    return (lambda: fastbn.batch_norm(x, None, None, rm, rv, training=False, out=out)), \
+    return (fastbn.batch_norm, (x, None, None, rm, rv), {"training": False, "out": out}), \
         {"x": x, "buf": buf, "rv": rv}
 
 
@@ -97,7 +106,7 @@ def _backward(**given):
         mean = kw.pop("mean", mean)
         args = (dy, x, mean, rstd)
         arrays = {"dy": dy, "x": x, **{k: v for k, v in kw.items() if isinstance(v, np.ndarray)}}
-        return (lambda: fastbn.batch_norm_backward(*args, **kw)), arrays
+        return (fastbn.batch_norm_backward, args, kw), arrays
     return build
 
 
@@ -128,8 +137,8 @@ CASES = [
     Case("batch_norm", "running statistics of the wrong length", ValueError,
          r"running_mean must have shape \(3,\)",
          _bn(args=(X, None, None, np.zeros(4), np.ones(4)))),
-    Case("batch_norm", "running statistics not NumPy arrays", TypeError,
-         "running_mean must be a NumPy array",
+    Case("batch_norm", "running statistics not arrays (lists)", TypeError,
+         "running_mean is updated in place, so it must be an array",
          _bn(args=(X, None, None, [0.0] * C, [1.0] * C))),
     Case("batch_norm", "inference without running statistics", ValueError,
          "required when training=False", _bn(args=(X,), training=False)),
@@ -159,8 +168,8 @@ CASES = [
          "running_mean shares memory with x", _running_overlapping_x),
     Case("batch_norm", "out overlapping running_mean in inference", ValueError,
          "out shares memory with running_mean", _out_overlapping_running_mean),
-    Case("batch_norm", "a GPU array among host arrays", TypeError, "is a GPU array",
-         None),  # built in the test (needs numba-cuda's simulator)
+    Case("batch_norm", "weight on the other device than x", TypeError,
+         "but x is on the", None),  # built per backend: needs numba-cuda
     # --- batch_norm_backward --------------------------------------------------------
     Case("batch_norm_backward", "dy of another shape", ValueError, "dy must have x's shape",
          _backward(dy=np.ones((4, C)))),
@@ -218,64 +227,112 @@ CASES = [
 ]
 
 
-def _gpu_among_host():
-    cuda = pytest.importorskip("numba.cuda")
+HAVE_CUDA = importlib.util.find_spec("numba_cuda") is not None
+
+
+def _mixed():
+    """x and the running statistics on one device, weight on the other (the GPU run
+    mirrors everything but weight, so weight ends up on the host)."""
     x, (rm, rv) = _x(), _stats()
-    d_w = cuda.to_device(np.ones(C))
-    return (lambda: fastbn.batch_norm(x, d_w, None, rm, rv)), {"x": x, "rm": rm, "rv": rv}
+    return (fastbn.batch_norm, (x, OtherDevice(np.ones(C)), None, rm, rv), {}), \
+        {"x": x, "rm": rm, "rv": rv}
+
+
+def _run(case, backend: str):
+    """Run ``case`` on ``backend``; return (exception, arrays before, arrays after)."""
+    if case.build is None and not HAVE_CUDA:
+        pytest.skip("needs numba-cuda")
+    (fn, args, kw), arrays = (case.build or _mixed)()
+    before = {k: v.copy() for k, v in arrays.items()}
+    def unwrap(v):
+        if isinstance(v, OtherDevice):
+            from numba import cuda
+
+            return cuda.to_device(v.value)
+        return tuple(unwrap(u) for u in v) if isinstance(v, tuple) else v
+
+    if backend == "cpu":
+        mirror = None
+        args, kw = unwrap(args), {k: unwrap(v) for k, v in kw.items()}
+    else:
+        mirror = Mirror()
+        for a in arrays.values():  # every buffer the case watches, mirrored first
+            mirror.array(a)
+        args, kw = mirror(args), {k: mirror(v) for k, v in kw.items()}
+    with pytest.raises(case.exc, match=case.match) as info:
+        fn(*args, **kw)
+    after = {k: (v if mirror is None else mirror.host(v)) for k, v in arrays.items()}
+    return info.value, before, after
 
 
 def _ids():
     return [f"{c.op}: {c.what}" for c in CASES]
 
 
+BACKENDS = ["cpu", pytest.param("gpu", marks=pytest.mark.skipif(
+    not HAVE_CUDA, reason="numba-cuda is not installed"))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", CASES, ids=_ids())
-def test_bad_input_raises_and_changes_nothing(case):
-    build = case.build or _gpu_among_host
-    call, arrays = build()
-    before = {k: v.copy() for k, v in arrays.items()}
-    with pytest.raises(case.exc, match=case.match):
-        call()
-    for k, v in arrays.items():
+def test_bad_input_raises_and_changes_nothing(case, backend):
+    _, before, after = _run(case, backend)
+    for k, v in after.items():
         np.testing.assert_array_equal(v, before[k], err_msg=k)
         assert v.dtype == before[k].dtype
+
+
+@pytest.mark.skipif(not HAVE_CUDA, reason="numba-cuda is not installed")
+@pytest.mark.parametrize("case", CASES, ids=_ids())
+def test_gpu_message_is_the_cpu_message(case):
+    """One validation layer: the same words on both backends (the device-mixing case
+    names the two devices, the other way round)."""
+    cpu, gpu = str(_run(case, "cpu")[0]), str(_run(case, "gpu")[0])
+    if case.build is None:
+        assert cpu.replace("GPU array", "@").replace("NumPy (host) array", "GPU array") \
+            .replace("@", "NumPy (host) array").replace("on the host", "on the GPU") \
+            .split(";")[0] == gpu.split(";")[0]
+    else:
+        assert gpu == cpu
 
 
 def test_there_are_at_least_30_cases():
     assert len(CASES) >= 30
 
 
-def _message(case) -> str:
-    build = case.build or _gpu_among_host
-    call, _ = build()
-    try:
-        call()
-    except case.exc as exc:
-        return str(exc)
-    raise AssertionError(f"{case.op}: {case.what} did not raise")
+def _message(case, backend="cpu") -> str:
+    return str(_run(case, backend)[0])
 
 
 def markdown() -> str:
     lines = [
         "# Bad inputs",
         "",
-        "Every public function validates its arguments in Python before any kernel runs:",
-        "each call below raises, and every array it was given (running statistics, `out`,",
-        "`dresidual`, the inputs) is bit-for-bit unchanged afterwards.  Generated from",
+        "Every public function validates its arguments in Python before any kernel runs,",
+        "in one layer (`fastbn.functional` with `fastbn._checks`) shared by the CPU and",
+        "the GPU backend: each call below raises, and every array it was given (running",
+        "statistics, `out`, `dresidual`, the inputs) is bit-for-bit unchanged afterwards,",
+        "on NumPy arrays and on device arrays alike.  Generated from",
         "`tests/test_bad_inputs.py` (`python tests/test_bad_inputs.py > docs/bad-inputs.md`),",
-        "which tests each row.  The GPU backend checks the same conditions on device",
-        "arrays; its messages are not yet all identical to these (issue 9).",
+        "which runs each row on both backends (device arrays on numba-cuda's simulator in",
+        "CI) and checks that the GPU raises the same exception with the same message.",
         "",
         "Not an error: NaN in `running_mean`/`running_var` at inference gives NaN in that",
         "channel only; NaN or inf in a training batch leaves that channel's running",
         "statistics unchanged, with a `RuntimeWarning`.",
         "",
-        "| # | function | bad input | exception | message |",
-        "|---|---|---|---|---|",
+        "| # | function | bad input | exception | message (CPU) | GPU |",
+        "|---|---|---|---|---|---|",
     ]
     for i, case in enumerate(CASES, 1):
         msg = _message(case).replace("|", "\\|")
-        lines.append(f"| {i} | `{case.op}` | {case.what} | `{case.exc.__name__}` | {msg} |")
+        if not HAVE_CUDA:
+            gpu = "not run"
+        elif case.build is None:
+            gpu = "the devices named the other way round"
+        else:
+            gpu = "same" if _message(case, "gpu") == _message(case) else "DIFFERENT"
+        lines.append(f"| {i} | `{case.op}` | {case.what} | `{case.exc.__name__}` | {msg} | {gpu} |")
     return "\n".join(lines) + "\n"
 
 
@@ -287,5 +344,4 @@ def test_docs_table_is_current():
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
     sys.stdout.write(markdown())

@@ -14,8 +14,9 @@ from _cuda import TPB, d, h, small_blocks  # noqa: F401  (autouse fixture)
 from numba import cuda
 
 import fastbn
+from fastbn import _checks  # noqa: E402
 from fastbn._checks import may_overlap
-from fastbn.cuda import _checks as C  # noqa: E402
+from fastbn.cuda import _arrays as XP  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
 ids = lambda t: np.dtype(t).name  # noqa: E731
@@ -155,32 +156,38 @@ def _run_out(rng, name, alias, dtype):
         assert_same(y, expected)
 
 
-def test_target_in_place_only_for_out_identical_to_x(rng):
+def _direct(out, x3, src, *inputs):
+    """Whether the kernels would write straight into ``out`` (no temporary)."""
+    buffer = _checks.result_buffer(XP, out, x3, src, *inputs)
+    return out is not None and _checks.byte_range(buffer) == _checks.byte_range(out)
+
+
+def test_result_buffer_in_place_only_for_out_identical_to_x(rng):
     """``out=x`` is written straight into (no temporary); any other overlap is not."""
     buf = cuda.to_device(rng.normal(size=40))
     x, w = buf[:24].reshape(2, 3, 4), buf[30:33]
-    shape, dtype = (2, 3, 4), np.float64
-    assert C.target(x, shape, dtype, x, None, w) == (x, False)
-    assert C.target(buf[:24].reshape(2, 3, 4), shape, dtype, x)[1] is False  # same memory
-    assert C.target(buf[:24].reshape(2, 12), (2, 12), dtype, x)[1] is True   # other layout
-    for out, inputs in [(buf[1:25].reshape(shape), ()), (buf[6:30].reshape(shape), (w,)),
-                        (x, (x,)), (buf[9:33].reshape(shape), (None, w))]:
-        tmp, copy_back = C.target(out, shape, dtype, x, *inputs)
-        assert copy_back and tmp is not out and not may_overlap(tmp, buf)
+    assert _direct(x, x, x, None, w)
+    assert _direct(buf[:24].reshape(2, 3, 4), x, x)  # same memory
+    assert not _direct(buf[:24].reshape(2, 12), x, x)  # other layout
+    for out, inputs in [(buf[1:25].reshape(2, 3, 4), ()), (buf[6:30].reshape(2, 3, 4), (w,)),
+                        (x, (x,)), (buf[9:33].reshape(2, 3, 4), (None, w))]:
+        tmp = _checks.result_buffer(XP, out, x, x, *inputs)
+        assert not may_overlap(tmp, buf)
     # dresidual (no src): even the identical array goes through a temporary
-    assert C.target(x, shape, dtype, None, x)[1] is True
-    fresh, copy_back = C.target(None, shape, dtype, x, x)
-    assert fresh.shape == shape and not copy_back and not may_overlap(fresh, buf)
+    assert not _direct(x, x, None, x)
+    fresh = _checks.result_buffer(XP, None, x, x, x)
+    assert tuple(fresh.shape) == (2, 3, 4) and not may_overlap(fresh, buf)
 
 
-def test_finish_copies_on_the_device(rng):
+def test_deliver_copies_on_the_device(rng):
     buf = cuda.to_device(np.zeros(10))
     tmp = cuda.to_device(np.arange(1.0, 7.0))
-    assert C.finish(tmp, buf[2:8], True) is not tmp
+    assert _checks.deliver(XP, tmp, buf[2:8], (6,), np.float64) is not tmp
     np.testing.assert_array_equal(h(buf), [0, 0, 1, 2, 3, 4, 5, 6, 0, 0])
-    assert C.finish(tmp, buf[2:8], False) is tmp
+    same = _checks.deliver(XP, tmp, None, (6,), np.float64)  # no copy: tmp's memory
+    assert _checks.byte_range(same) == _checks.byte_range(tmp)
     empty = buf[3:3]
-    assert C.finish(cuda.device_array(0), empty, True) is empty
+    assert _checks.deliver(XP, cuda.device_array(0), empty, (0,), np.float64) is empty
 
 
 def test_out_is_x_runs_in_place(rng):

@@ -36,6 +36,7 @@ def test_missing_numba_cuda_says_what_to_install(monkeypatch):
         return real(name, *args)
 
     monkeypatch.setattr(importlib, "import_module", fake)
+    monkeypatch.setattr(functional, "_CUDA", [])  # as if no GPU call had run yet
     with pytest.raises(ImportError, match=r"pip install 'fastbn\[cuda\]'"):
         functional.batch_norm(_FakeDeviceArray())
 

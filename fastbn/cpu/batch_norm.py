@@ -61,6 +61,7 @@ and :mod:`fastbn.functional` validates, allocates outputs and calls.
 
 See Also
 --------
+fastbn.cuda.batch_norm (the GPU twin: the same functions, the same signatures),
 fastbn.reference.batch_norm_train, fastbn.reference.batch_norm_backward_train
 """
 
@@ -167,7 +168,7 @@ def cols_backward_small(x3, dy3, B, mean, rstd, weight, training, colmean, s1, s
 
 
 @worker
-def update_running(running_mean, running_var, mean, m2, m, momentum):
+def _update_running(running_mean, running_var, mean, m2, m, momentum):
     """PyTorch's rule with the unbiased variance ``m2 / (m - 1)``, in place.
 
     A channel whose batch statistics are not finite keeps its running values;
@@ -186,6 +187,24 @@ def update_running(running_mean, running_var, mean, m2, m, momentum):
 
 # ---------------------------------------------------------------------------
 # launchers: canonical arrays in, scratch allocated here, kernels chosen by shape
+
+
+def update_running(running_mean, running_var, mean, m2, m, momentum):
+    """The running statistics updated in place from float64 batch ``(mean, m2)`` of
+    ``m`` values per channel; returns how many channels were skipped (not finite).
+
+    float16 running statistics are updated by NumPy (Numba has no float16): the
+    same expression, rounded by NumPy's float16 arithmetic.
+    """
+    if running_mean.dtype != np.float16 and running_var.dtype != np.float16:
+        return _update_running(running_mean, running_var, mean, m2, m, momentum)
+    ok = np.isfinite(mean) & np.isfinite(m2)
+    with np.errstate(invalid="ignore", over="ignore"):
+        new_mean = (1.0 - momentum) * running_mean + momentum * mean
+        new_var = (1.0 - momentum) * running_var + momentum * (m2 / (m - 1))
+    running_mean[ok] = new_mean[ok]
+    running_var[ok] = new_var[ok]
+    return int(ok.size - ok.sum())
 
 
 def _fits_fused(x3, arrays):
@@ -261,6 +280,10 @@ def inference(x3, running_mean, running_var, eps, weight, bias, y3, mean, rstd, 
               relu=False):
     """Inference forward into ``y3``; ``mean``/``rstd`` (any float dtype) are filled."""
     a, c, b = x3.shape
+    if x3.size == 0:  # an empty batch: the statistics only
+        mean[:] = running_mean
+        rstd[:] = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
+        return
     rows = _uses_rows(x3)
     coef = np.empty((4, c) if rows else (4, 1, c * b), x3.dtype)
     running_coef(running_mean, running_var, eps, weight, bias, 1 if rows else b,
@@ -340,3 +363,7 @@ def backward(dy3, x3, mean, rstd, weight, training, dx3, y3=None, relu=False, dr
     cols_grad_apply(x3.size, xc, dyc, coef, rows, width, training, dx3.reshape(xc.shape), yc,
                     relu, dresc, has_dres)
     return dweight, dbias
+
+
+#: What :mod:`fastbn.functional` calls; :mod:`fastbn.cuda.batch_norm` has the same.
+__all__ = ["moments", "forward_train", "update_running", "inference", "backward"]

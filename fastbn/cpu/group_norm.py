@@ -38,6 +38,7 @@ Coefficient arrays are ``(R, N*C)`` in x's dtype, index ``n*C + c``
 
 See Also
 --------
+fastbn.cuda.group_norm (the GPU twin: the same functions, the same signatures),
 fastbn.reference.group_norm, fastbn.reference.group_norm_backward
 """
 
@@ -351,3 +352,7 @@ def backward(dy3, x3, G, mean, rstd, weight, channels_last, dx3):
     backward_coef(mean, rstd, weight, sdy, sdxc, G, m, coef, dweight, dbias)
     rows_grad_apply(x3.size, xc, dyc, coef, chunk, True, dxc, xc, False, xc, False)
     return dweight, dbias
+
+
+#: What :mod:`fastbn.functional` calls; :mod:`fastbn.cuda.group_norm` has the same.
+__all__ = ["forward", "backward"]

@@ -39,6 +39,7 @@ Two regimes, chosen by shape:
 
 See Also
 --------
+fastbn.cuda.layer_norm (the GPU twin: the same functions, the same signatures),
 fastbn.reference.layer_norm, fastbn.reference.rms_norm
 """
 
@@ -330,3 +331,7 @@ def backward(dy3, x3, mean, rstd, weight, center, dx3):
     long_grad_coef(mean, rstd, sa[0], ss[0], d, center, coef)
     long_grad_apply(x3.size, x3, dy3, coef, weight, config.COLUMN_BLOCK, dx3, dweight, dbias)
     return dweight, dbias
+
+
+#: What :mod:`fastbn.functional` calls; :mod:`fastbn.cuda.layer_norm` has the same.
+__all__ = ["forward", "backward"]

@@ -12,8 +12,6 @@ from __future__ import annotations
 import importlib.util
 import math
 
-import numpy as np
-
 from .. import config
 
 # Numba still ships its deprecated built-in CUDA target as numba.cuda; the
@@ -35,19 +33,6 @@ def _require_gpu() -> None:
             "fastbn was given GPU arrays but no CUDA GPU is usable: install a CUDA driver and "
             "numba-cuda with its CUDA libraries (pip install 'numba-cuda[cu12]'), or set "
             "NUMBA_ENABLE_CUDASIM=1 to run on the CUDA simulator")
-
-
-def device(a, name: str):
-    """A numba device array over ``a``'s memory (zero-copy), or TypeError."""
-    if a is None:
-        return None
-    if isinstance(a, np.ndarray):
-        raise TypeError(
-            f"{name} is a NumPy (host) array but x is on the GPU; pass all arrays on the same "
-            "device (numba.cuda.to_device copies a host array over)")
-    if not hasattr(a, "__cuda_array_interface__"):
-        return a  # the simulator's device arrays carry no interface
-    return cuda.as_cuda_array(a)
 
 
 def threads() -> int:

@@ -1,15 +1,12 @@
-"""float16 on the GPU, as API.md has it: computed in float32, returned as float16.
+"""float16 running statistics on the GPU, updated in place as the CPU updates them.
 
-The public GPU entry points call :func:`half` first: float16 device arrays
-are widened into new float32 device arrays by a cast kernel (never through
-the host), the float32 kernels run, and the float16 results are cast back.
-Statistics and parameter gradients stay float32.
-
-float16 companions of a float32/float64 x (weight, bias, mean, rstd) are
-widened the same way (:func:`fastbn.cuda._checks.vector`); float16 running
-statistics are updated in place by :func:`running_update`, NumPy's float16
-arithmetic replayed on the device (as the CPU backend does it).  The casts
-take any strides (:mod:`fastbn.cuda._layout`).
+Everything else about float16 is the shared path of :mod:`fastbn.functional`:
+float16 x (and its x-shaped companions) is widened into a float32 device copy
+by :func:`fastbn.cuda._arrays.contiguous` (a cast kernel, never the host), the
+float32 kernels run, and results are cast back into float16; float16
+parameters and statistics next to a float32/float64 x are widened the same
+way.  Only running statistics are written in place, so a float16 one is
+updated here: NumPy's float16 arithmetic replayed on the device.
 """
 
 import math
@@ -17,7 +14,7 @@ import math
 import numpy as np
 from numba import cuda, float64
 
-from . import _layout, device, grid_1d
+from . import grid_1d
 
 try:  # launches with a legal geometry (fastbn.cuda.Kernel) where available
     from . import kernel as _jit
@@ -26,44 +23,7 @@ except ImportError:  # pragma: no cover
 
 
 def is_half(a) -> bool:
-    return a is not None and np.dtype(device(a, "array").dtype) == np.float16
-
-
-def up(a):
-    """A float16 device array as a new float32 one; anything else unchanged."""
-    if not is_half(a):
-        return a
-    d = device(a, "array")
-    return _layout.copy(d, cuda.device_array(tuple(d.shape), np.float32))
-
-
-def down_into(src, dst):
-    """Cast ``src`` (float32) into the float16 device array ``dst`` (any strides);
-    returns ``dst``."""
-    _layout.copy(src, device(dst, "out"))
-    return dst
-
-
-def down(src):
-    return down_into(src, cuda.device_array(tuple(src.shape), np.float16))
-
-
-def check_out(out, x, name="out"):
-    """A float16 ``out`` must match x (float16) exactly; checked before anything runs."""
-    if out is None:
-        return None
-    d = device(out, name)
-    if tuple(d.shape) != tuple(device(x, "x").shape) or np.dtype(d.dtype) != np.float16:
-        raise ValueError(f"{name} must have x's shape {tuple(device(x, 'x').shape)} and dtype "
-                         f"float16; got shape {tuple(d.shape)} and dtype {d.dtype}")
-    return d
-
-
-def require_half(a, name):
-    """x-shaped companions of a float16 x (dy, y, residual) must be float16 too."""
-    if a is not None and not is_half(a):
-        raise TypeError(f"{name} must have x's dtype float16; got {device(a, name).dtype}")
-    return a
+    return a is not None and np.dtype(a.dtype) == np.float16
 
 
 @_jit

@@ -233,12 +233,15 @@ def running_update(running_mean, running_var, mean, m2, m, momentum, skipped):
 
 
 @cuda.jit(device=True)
-def _epilogue(t, r, has_res, relu):
-    """``act(t + r)``: the fused residual add and ReLU (NaN stays NaN)."""
+def _epilogue(t, r, has_res, relu, zero):
+    """``act(t + r)``: the fused residual add and ReLU, as the CPU's
+    :func:`fastbn.cpu._moments.epilogue`.  ``zero`` is 0 in the output's dtype (a
+    literal 0 would widen float32 to float64; ``t - t`` is NaN for ``t = -inf``);
+    NaN stays NaN."""
     if has_res:
         t += r
-    if relu and t < 0:
-        t = t - t
+    if relu and t < zero:
+        return zero
     return t
 
 
@@ -251,7 +254,7 @@ def relu_mask(g, y, relu):
 
 
 @kernel
-def rows_apply(x3, coef, weight, bias, cmod, bdiv, y3, res3, has_res, relu):
+def rows_apply(x3, coef, weight, bias, cmod, bdiv, y3, res3, has_res, relu, zero):
     """``y = act(((x - hi) - lo) * rstd * w[p] + b[p] [+ res])``,
     ``p = ((c % cmod) * B + b) // bdiv``."""
     A, C, B = x3.shape
@@ -263,11 +266,11 @@ def rows_apply(x3, coef, weight, bias, cmod, bdiv, y3, res3, has_res, relu):
         b = i % B
         p = ((c % cmod) * B + b) // bdiv
         t = ((x3[a, c, b] - coef[0, c]) - coef[1, c]) * coef[2, c] * weight[p] + bias[p]
-        y3[a, c, b] = _epilogue(t, res3[a, c, b], has_res, relu)
+        y3[a, c, b] = _epilogue(t, res3[a, c, b], has_res, relu, zero)
 
 
 @kernel
-def cols_apply(x3, coef, R, weight, bias, y3, res3, has_res, relu):
+def cols_apply(x3, coef, R, weight, bias, y3, res3, has_res, relu, zero):
     """Channels-last ``y``: set ``p*G + k // R``, parameters per column ``k``."""
     P, Q, K = x3.shape
     G = K // R
@@ -279,7 +282,7 @@ def cols_apply(x3, coef, R, weight, bias, y3, res3, has_res, relu):
         k = i % K
         s = p * G + k // R
         t = ((x3[p, q, k] - coef[0, s]) - coef[1, s]) * coef[2, s] * weight[k] + bias[k]
-        y3[p, q, k] = _epilogue(t, res3[p, q, k], has_res, relu)
+        y3[p, q, k] = _epilogue(t, res3[p, q, k], has_res, relu, zero)
 
 
 # --- gradient sums (float64 per thread) ------------------------------------------------

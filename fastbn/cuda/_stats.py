@@ -63,13 +63,15 @@ def cols_stats(d_x3, R, eps):
 def rows_apply(d_x3, d_coef, d_weight, d_bias, cmod, bdiv, d_y3, d_res3=None, relu=False):
     has_res = d_res3 is not None
     K.rows_apply[grid_stride(d_x3.size)](d_x3, d_coef, d_weight, d_bias, cmod, bdiv, d_y3,
-                                         d_res3 if has_res else d_x3, has_res, relu)
+                                         d_res3 if has_res else d_x3, has_res, relu,
+                                         _zero(d_y3.dtype))
 
 
 def cols_apply(d_x3, d_coef, R, d_weight, d_bias, d_y3, d_res3=None, relu=False):
     has_res = d_res3 is not None
     K.cols_apply[grid_stride(d_x3.size)](d_x3, d_coef, R, d_weight, d_bias, d_y3,
-                                         d_res3 if has_res else d_x3, has_res, relu)
+                                         d_res3 if has_res else d_x3, has_res, relu,
+                                         _zero(d_y3.dtype))
 
 
 def rows_grad_sums(d_x3, d_dy3, d_mean, d_weight, cmod, bdiv, d_y3=None, relu=False):
