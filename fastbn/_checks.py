@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+_NATIVE_FLOATS = frozenset(FLOAT_DTYPES)
 
 
 def is_cuda_array(a) -> bool:
@@ -32,6 +33,9 @@ def _host():
 def float_array(a, name: str, xp=None):
     """``a`` as an array of float16/32/64 on ``xp``'s device (:mod:`fastbn.cpu._arrays`,
     the default, or :mod:`fastbn.cuda._arrays`), zero-copy; else TypeError naming ``name``."""
+    if type(a) is np.ndarray and a.dtype in _NATIVE_FLOATS and (xp is None or
+                                                                 xp.DEVICE == "host"):
+        return a  # the common case, checked in one step
     xp = xp or _host()
     if a is None:
         raise TypeError(f"{name} must be a floating-point array (float16, float32 or "
@@ -122,22 +126,21 @@ def unit_momentum(momentum) -> float:
     return value
 
 
-def _shaped(a, name: str, shape, xp, requirement: str):
+def _shaped(a, name: str, shape, xp, requirement):
     """``a`` (on ``xp``'s device, a float dtype) with exactly ``shape``, or ValueError
-    whose message ends with ``requirement``; None stays None."""
+    whose message ends with ``requirement()``; None stays None."""
     if a is None:
         return None
     a = float_array(a, name, xp)
     if tuple(a.shape) != tuple(shape):
-        raise ValueError(f"{name} must have {requirement}; got shape {tuple(a.shape)}")
+        raise ValueError(f"{name} must have {requirement()}; got shape {tuple(a.shape)}")
     return a
 
 
 def channel_vector(a, name: str, channels: int, x_shape, xp=None):
     """A per-channel parameter or statistic of shape (C,), validated (None stays None)."""
-    return _shaped(a, name, (channels,), xp,
-                   f"shape ({channels},) for x of shape {tuple(x_shape)} with {channels} "
-                   "channels")
+    return _shaped(a, name, (channels,), xp, lambda: (
+        f"shape ({channels},) for x of shape {tuple(x_shape)} with {channels} channels"))
 
 
 def running_stats(running_mean, running_var, channels: int, x_shape, *, required: bool,
@@ -219,6 +222,8 @@ def may_overlap(a, b) -> bool:
     """
     if a is None or b is None:
         return False
+    if type(a) is np.ndarray and type(b) is np.ndarray:
+        return bool(np.may_share_memory(a, b))  # the same bounds test, in C
     a0, a1 = byte_range(a)
     b0, b1 = byte_range(b)
     return a0 < b1 and b0 < a1
@@ -319,8 +324,8 @@ def normalized_shape(shape, x_shape) -> tuple:
 
 def elementwise_param(a, name: str, shape, x_shape, xp=None):
     """A layer/RMS norm parameter of ``normalized_shape``, validated (None stays None)."""
-    return _shaped(a, name, shape, xp,
-                   f"normalized_shape {tuple(shape)} for x of shape {tuple(x_shape)}")
+    return _shaped(a, name, shape, xp, lambda: (
+        f"normalized_shape {tuple(shape)} for x of shape {tuple(x_shape)}"))
 
 
 def stat_vector(a, name: str, shape, x_shape, xp=None):
@@ -328,7 +333,8 @@ def stat_vector(a, name: str, shape, x_shape, xp=None):
     if a is None:
         raise TypeError(f"{name} must be a floating-point array (float16, float32 or "
                         "float64); got None")
-    return _shaped(a, name, shape, xp, f"shape {tuple(shape)} for x of shape {tuple(x_shape)}")
+    return _shaped(a, name, shape, xp,
+                   lambda: f"shape {tuple(shape)} for x of shape {tuple(x_shape)}")
 
 
 def groups(num_groups, channels: int, x_shape) -> int:

@@ -10,7 +10,11 @@ See Also
 fastbn.cuda._arrays
 """
 
+import functools
+
 import numpy as np
+
+from .._checks import is_cuda_array
 
 DEVICE = "host"
 HINT = ""
@@ -18,8 +22,6 @@ HINT = ""
 
 def owns(a) -> bool:
     """True for what this backend computes on: anything but a device array."""
-    from .._checks import is_cuda_array
-
     return not is_cuda_array(a)
 
 
@@ -56,18 +58,26 @@ def cast(a, dtype):
     return a.astype(dtype, copy=False)
 
 
+@functools.lru_cache(maxsize=64)
+def _constant(n: int, value, dtype):
+    """A vector of ``n`` copies of ``value``, made once per (n, value, dtype) and shared:
+    it only ever goes to kernels, which only read parameters.  (Not flagged
+    read-only: Numba would compile a second specialization for it.)"""
+    return np.full(n, value, dtype)
+
+
 def param(a, n: int, default, dtype):
     """A per-channel parameter or statistic as the kernels read it: contiguous
     float64 (``n`` copies of ``default`` when ``a`` is None)."""
     if a is None:
-        return None if default is None else np.full(n, default, np.float64)
+        return None if default is None else _constant(n, default, np.dtype(np.float64))
     return np.ascontiguousarray(a, dtype=np.float64).reshape(n)
 
 
 def elementwise(a, n: int, default, dtype):
     """A layer/RMS norm parameter as a flat contiguous (n,) array in the compute dtype."""
     if a is None:
-        return np.full(n, default, dtype)
+        return _constant(n, default, np.dtype(dtype))
     return np.ascontiguousarray(a, dtype=dtype).reshape(n)
 
 
