@@ -319,3 +319,13 @@ def test_cpu_and_cuda_modules_mirror_each_other(name):
         sig_cpu = inspect.signature(getattr(cpu, fn))
         sig_gpu = inspect.signature(getattr(gpu, fn))
         assert sig_cpu == sig_gpu, f"{name}.{fn}: {sig_cpu} != {sig_gpu}"
+
+
+@pytest.mark.parametrize("call", [
+    lambda: fastbn.layer_norm(np.ones((0, 5)), 5),
+    lambda: fastbn.group_norm(np.ones((0, C, 5)), 2),
+], ids=["layer_norm", "group_norm"])
+def test_empty_input_gives_separate_statistics_arrays(call):
+    """Writing into the returned mean must not change rstd."""
+    _, mean, rstd = call()[:3]
+    assert mean is not rstd and not np.shares_memory(mean, rstd)
