@@ -81,5 +81,15 @@ def elementwise(a, n: int, default, dtype):
     return np.ascontiguousarray(a, dtype=dtype).reshape(n)
 
 
+def to_host(a):
+    """``a`` as a NumPy array (itself: host arrays are already there)."""
+    return a
+
+
+def from_host(a):
+    """A NumPy array as this backend's array (itself on the host)."""
+    return a
+
+
 __all__ = ["owns", "wrap", "empty", "full", "contiguous", "is_contiguous", "copy", "cast",
-           "param", "elementwise"]
+           "param", "elementwise", "to_host", "from_host"]

@@ -321,49 +321,80 @@ def backward(dy3, x3, mean, rstd, weight, training, dx3, y3=None, relu=False, dr
     a, c, b = x3.shape
     m = a * b
     chunk = config.CHUNK_ELEMENTS
-    dweight = np.empty(c)
-    dbias = np.empty(c)
     y3 = y3 if y3 is not None else x3
     has_dres = dres3 is not None
-    dres3 = dres3 if has_dres else x3
-    epilogue = (y3, relu, dres3, has_dres)
-    if _uses_rows(x3):
+    if _uses_rows(x3) and _fits_fused(x3, 2):
+        dweight, dbias = np.empty(c), np.empty(c)
         coef = np.empty((5, c), x3.dtype)
-        if _fits_fused(x3, 2):
-            rows_backward_fused(x3.size, x3, dy3, mean, rstd, weight, training, chunk, coef,
-                                dx3, dweight, dbias, *epilogue)
-            return dweight, dbias
-        nch = -(-m // chunk)
+        rows_backward_fused(x3.size, x3, dy3, mean, rstd, weight, training, chunk, coef, dx3,
+                            dweight, dbias, y3, relu, dres3 if has_dres else x3, has_dres)
+        return dweight, dbias
+    if not _uses_rows(x3) and x3.size <= config.SERIAL_MAX_ELEMENTS:
+        dweight, dbias = np.empty(c), np.empty(c)
+        xc = x3.reshape(1, a, c * b)
+        k = c * b
+        coef = np.empty((5, 1, k), x3.dtype)
+        cols_backward_small(xc, dy3.reshape(xc.shape), b, mean, rstd, weight, training,
+                            np.repeat(mean, b), np.empty(k), np.empty(k), np.empty(c),
+                            np.empty(c), coef, dx3.reshape(xc.shape), dweight, dbias,
+                            y3.reshape(xc.shape), relu,
+                            (dres3 if has_dres else x3).reshape(xc.shape), has_dres)
+        return dweight, dbias
+    sdy, sdxc = grad_sums(dy3, x3, mean, y3, relu)
+    return backward_apply(dy3, x3, mean, rstd, weight, sdy, sdxc, m, training, dx3, y3, relu,
+                          dres3)
+
+
+def grad_sums(dy3, x3, mean, y3=None, relu=False):
+    """Per-channel float64 ``(sum(dy), sum(dy * (x - mean)))`` (``dy`` masked by
+    ``y3 > 0`` with ``relu``): the backward pass's first phase, on its own for
+    synchronized batch norm, whose sums are all-reduced between the phases."""
+    a, c, b = x3.shape
+    y3 = y3 if y3 is not None else x3
+    sdy, sdxc = np.empty(c), np.empty(c)
+    if _uses_rows(x3):
+        chunk = config.CHUNK_ELEMENTS
+        nch = -(-(a * b) // chunk)
         psdy = np.empty((1, nch, c))
         psdxc = np.empty((1, nch, c))
         rows_grad_sums(x3.size, x3, dy3, mean, chunk, psdy[0], psdxc[0], y3, relu)
-        sdy, sdxc = np.empty(c), np.empty(c)
-        cols_grad_fold(psdy, psdxc, 1, sdy.reshape(1, c), sdxc.reshape(1, c))
+    else:
+        xc, rows, width, nrb = _columns(x3)
+        k = c * b
+        psdy = np.empty((1, nrb, k))
+        psdxc = np.empty((1, nrb, k))
+        cols_grad_sums(x3.size, xc, dy3.reshape(xc.shape), np.repeat(mean, b).reshape(1, k),
+                       rows, width, psdy, psdxc, y3.reshape(xc.shape), relu)
+    cols_grad_fold(psdy, psdxc, 1 if _uses_rows(x3) else b, sdy.reshape(1, c),
+                   sdxc.reshape(1, c))
+    return sdy, sdxc
+
+
+def backward_apply(dy3, x3, mean, rstd, weight, sdy, sdxc, m, training, dx3, y3=None,
+                   relu=False, dres3=None):
+    """The backward pass's second phase: dx into ``dx3`` from per-channel sums over
+    ``m`` values (:func:`grad_sums`; for synchronized batch norm, the global
+    batch's).  Returns float64 ``(dweight, dbias)`` made from those sums."""
+    a, c, b = x3.shape
+    y3 = y3 if y3 is not None else x3
+    has_dres = dres3 is not None
+    dres3 = dres3 if has_dres else x3
+    dweight, dbias = np.empty(c), np.empty(c)
+    if _uses_rows(x3):
+        coef = np.empty((5, c), x3.dtype)
         backward_coef(mean, rstd, weight, sdy, sdxc, m, training, 1, coef, dweight, dbias)
-        rows_grad_apply(x3.size, x3, dy3, coef, chunk, training, dx3, *epilogue)
+        rows_grad_apply(x3.size, x3, dy3, coef, config.CHUNK_ELEMENTS, training, dx3, y3, relu,
+                        dres3, has_dres)
         return dweight, dbias
-    xc, rows, width, nrb = _columns(x3)
-    dyc = dy3.reshape(xc.shape)
-    yc, dresc = y3.reshape(xc.shape), dres3.reshape(xc.shape)
-    k = c * b
-    if x3.size <= config.SERIAL_MAX_ELEMENTS:
-        coef = np.empty((5, 1, k), x3.dtype)
-        cols_backward_small(xc, dyc, b, mean, rstd, weight, training, np.repeat(mean, b),
-                            np.empty(k), np.empty(k), np.empty(c), np.empty(c), coef,
-                            dx3.reshape(xc.shape), dweight, dbias, yc, relu, dresc, has_dres)
-        return dweight, dbias
-    psdy = np.empty((1, nrb, k))
-    psdxc = np.empty((1, nrb, k))
-    cols_grad_sums(x3.size, xc, dyc, np.repeat(mean, b).reshape(1, k), rows, width, psdy, psdxc,
-                   yc, relu)
-    sdy, sdxc = np.empty(c), np.empty(c)
-    cols_grad_fold(psdy, psdxc, b, sdy.reshape(1, c), sdxc.reshape(1, c))
-    coef = np.empty((5, 1, k), x3.dtype)
+    xc, rows, width, _ = _columns(x3)
+    coef = np.empty((5, 1, c * b), x3.dtype)
     backward_coef(mean, rstd, weight, sdy, sdxc, m, training, b, coef[:, 0], dweight, dbias)
-    cols_grad_apply(x3.size, xc, dyc, coef, rows, width, training, dx3.reshape(xc.shape), yc,
-                    relu, dresc, has_dres)
+    cols_grad_apply(x3.size, xc, dy3.reshape(xc.shape), coef, rows, width, training,
+                    dx3.reshape(xc.shape), y3.reshape(xc.shape), relu, dres3.reshape(xc.shape),
+                    has_dres)
     return dweight, dbias
 
 
 #: What :mod:`fastbn.functional` calls; :mod:`fastbn.cuda.batch_norm` has the same.
-__all__ = ["moments", "forward_train", "update_running", "inference", "backward"]
+__all__ = ["moments", "forward_train", "update_running", "inference", "backward", "grad_sums",
+           "backward_apply"]

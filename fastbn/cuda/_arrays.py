@@ -88,5 +88,16 @@ def elementwise(a, n: int, default, dtype):
     return _widened(a).reshape(n)
 
 
+def to_host(a):
+    """A device array copied to a new NumPy array (used only for per-channel
+    statistics, never for x)."""
+    return a.copy_to_host()
+
+
+def from_host(a):
+    """A NumPy array copied to a new device array."""
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
 __all__ = ["owns", "wrap", "empty", "full", "contiguous", "is_contiguous", "copy", "cast",
-           "param", "elementwise"]
+           "param", "elementwise", "to_host", "from_host"]

@@ -91,20 +91,35 @@ def backward(dy3, x3, mean, rstd, weight, training, dx3, y3=None, relu=False, dr
     ``(dweight, dbias)`` device arrays.  With ``relu``, ``dy`` is masked by
     ``y3 > 0`` on the fly.  The grad-apply kernels write ``dres3[i]`` before they
     read ``x3[i]``: the caller gives a ``dres3`` that overlaps no input."""
+    a, _, b = x3.shape
+    sdy, sdxc = grad_sums(dy3, x3, mean, y3, relu)
+    return backward_apply(dy3, x3, mean, rstd, weight, sdy, sdxc, a * b, training, dx3, y3,
+                          relu, dres3)
+
+
+def grad_sums(dy3, x3, mean, y3=None, relu=False):
+    """Per-channel float64 ``(sum(dy), sum(dy * (x - mean)))`` device arrays (``dy``
+    masked by ``y3 > 0`` with ``relu``): the backward pass's first phase."""
+    a, c, b = x3.shape
+    y3 = x3 if y3 is None else y3
+    if b == 1:
+        return _stats.cols_grad_sums(x3.reshape(1, a, c), dy3.reshape(1, a, c),
+                                     mean.reshape(1, c), y3.reshape(1, a, c), relu)
+    return _stats.rows_grad_sums(x3, dy3, mean, _stats.full(1, 1.0, x3.dtype), 1, b, y3, relu)
+
+
+def backward_apply(dy3, x3, mean, rstd, weight, sdy, sdxc, m, training, dx3, y3=None,
+                   relu=False, dres3=None):
+    """The backward pass's second phase: dx into ``dx3`` from per-channel sums over
+    ``m`` values; returns ``(dweight, dbias)`` device arrays made from those sums."""
     a, c, b = x3.shape
     dtype = x3.dtype
     y3 = x3 if y3 is None else y3
     has_dres = dres3 is not None
     dres3 = dres3 if has_dres else x3
-    one = _stats.full(1, 1.0, dtype)
-    if b == 1:
-        sdy, sdxc = _stats.cols_grad_sums(x3.reshape(1, a, c), dy3.reshape(1, a, c),
-                                          mean.reshape(1, c), y3.reshape(1, a, c), relu)
-    else:
-        sdy, sdxc = _stats.rows_grad_sums(x3, dy3, mean, one, 1, b, y3, relu)
     coef = cuda.device_array((5, c), dtype)
-    K.group_grad_coef[grid_1d(c)](mean, rstd, weight, sdy, sdxc, c, float(a * b),
-                                  bool(training), coef)
+    K.group_grad_coef[grid_1d(c)](mean, rstd, weight, sdy, sdxc, c, float(m), bool(training),
+                                  coef)
     dweight, dbias = cuda.device_array(c, dtype), cuda.device_array(c, dtype)
     K.param_grads[grid_1d(c)](sdy, sdxc, rstd, c, dweight, dbias)
     if b == 1:
@@ -114,8 +129,10 @@ def backward(dy3, x3, mean, rstd, weight, training, dx3, y3=None, relu=False, dr
             y3.reshape(shape), relu, dres3.reshape(shape), has_dres)
     else:
         K.rows_grad_apply[_stats.grid_stride(x3.size)](
-            x3, dy3, coef, one, 1, b, bool(training), dx3, y3, relu, dres3, has_dres)
+            x3, dy3, coef, _stats.full(1, 1.0, dtype), 1, b, bool(training), dx3, y3, relu,
+            dres3, has_dres)
     return dweight, dbias
 
 
-__all__ = ["moments", "forward_train", "update_running", "inference", "backward"]
+__all__ = ["moments", "forward_train", "update_running", "inference", "backward", "grad_sums",
+           "backward_apply"]

@@ -34,6 +34,7 @@ __all__ = [
     "RMSNorm",
     "GroupNorm",
     "InstanceNorm",
+    "SyncBatchNorm",
     "from_keras",
     "to_keras",
     "recompute_statistics",
@@ -591,6 +592,70 @@ class InstanceNorm(GroupNorm):
     def extra_repr(self) -> str:
         return (f"{self.num_channels}, eps={self.eps}, axis={self.axis}"
                 + ("" if self.affine else ", affine=False"))
+
+
+class SyncBatchNorm(BatchNorm):
+    r"""Batch normalization over the global batch of data-parallel ranks (MPI).
+
+    Each rank calls the layer on its slice of the batch; in training the
+    statistics are those of all ranks' samples together
+    (:func:`fastbn.distributed.sync_batch_norm`), the running statistics are
+    updated identically on every rank, and ``backward`` gives this rank's
+    slice of the global dx and its contributions to ``grads`` (all-reduce them
+    with the other gradients).  In eval mode it is :class:`BatchNorm` (the
+    running statistics are the same everywhere; nothing is communicated).
+    Matches ``torch.nn.SyncBatchNorm``.
+
+    Parameters
+    ----------
+    num_features : int
+    comm : mpi4py communicator
+        The ranks that share the batch (``MPI.COMM_WORLD`` for all of them).
+    momentum, eps, axis, affine, dtype
+        As for :class:`BatchNorm`.
+    """
+
+    def __init__(self, num_features: int, *, comm, momentum: float | None = 0.1,
+                 eps: float = 1e-5, axis: int = 1, affine: bool = True,
+                 dtype=np.float32) -> None:
+        super().__init__(num_features, momentum=momentum, eps=eps, axis=axis, affine=affine,
+                         dtype=dtype)
+        if not all(hasattr(comm, name) for name in ("Allgather", "Allreduce", "Get_size")):
+            raise TypeError(f"comm must be an mpi4py communicator; got {type(comm).__name__}")
+        self.comm = comm
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", ranks={self.comm.Get_size()}"
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if not self.training:
+            return super().forward(x)
+        from .. import distributed
+
+        # validated inside, on every rank alike: a local error raised here would leave
+        # the other ranks waiting in the statistics' collective
+        weight = self.params.get("weight")
+        y, mean, rstd = distributed.sync_batch_norm(
+            x, weight, self.params.get("bias"), self.buffers["running_mean"],
+            self.buffers["running_var"], comm=self.comm, momentum=self._momentum(),
+            eps=self.eps, axis=self.axis)
+        self.buffers["num_batches_tracked"] += 1
+        self._saved = (x, mean, rstd, weight)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        if not self.training:
+            return super().backward(dy)
+        from .. import distributed
+
+        if self._saved is None or len(self._saved) != 4:
+            raise RuntimeError(f"{self!r}: backward() called before a training forward()")
+        x, mean, rstd, weight = self._saved
+        dx, dweight, dbias = distributed.sync_batch_norm_backward(
+            dy, x, mean, rstd, weight, comm=self.comm, axis=self.axis)
+        _store(self.grads, "weight", dweight)
+        _store(self.grads, "bias", dbias)
+        return dx
 
 
 def _saved(layer):
