@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 
@@ -101,6 +102,9 @@ def _experiment(args: argparse.Namespace) -> int:
     if args.quick and args.tiny:
         return fail("--quick and --tiny exclude each other")
     missing = experiments.missing_extras(need_sklearn=args.data is None)
+    if args.name == "sync-bn" and importlib.util.find_spec("mpi4py") is None:
+        return fail("sync-bn needs mpi4py: pip install \"fastbn[mpi,experiments]\" and run it "
+                    "as mpiexec -n 2 fastbn experiment sync-bn")
     if missing:
         return fail(f"needs {', '.join(missing)}: pip install \"fastbn[experiments]\"")
     try:

@@ -114,7 +114,11 @@ def test_importing_does_not_import_the_extras():
 # --- each experiment, config -> table -------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(experiments.EXPERIMENTS))
+#: The training-curve experiments (sync-bn, an MPI run, has its own tests below).
+CURVES = [name for name in experiments.EXPERIMENTS if name != "sync-bn"]
+
+
+@pytest.mark.parametrize("name", CURVES)
 def test_experiment_tiny_table(name, digits, tmp_path):
     module = experiments.get(name)
     config = module.make_config("tiny", seed=5, dataset="digits")
@@ -133,7 +137,7 @@ def test_experiment_tiny_table(name, digits, tmp_path):
 
 
 def test_configs_quick_and_full_are_sane():
-    for name in experiments.EXPERIMENTS:
+    for name in CURVES:
         module = experiments.get(name)
         quick, full = module.make_config("quick", 0), module.make_config("full", 0)
         assert len(quick.seeds) == 2 and len(full.seeds) >= 3
@@ -346,3 +350,45 @@ def test_profile_rows_and_main(capsys):
                          "--norms", "GN"]) == 0
     out = capsys.readouterr().out
     assert "norm share %" in out and "numpy formula" in out
+
+
+# --- sync-bn ----------------------------------------------------------------------------------
+
+
+def test_sync_bn_in_one_process_equals_batch_norm(digits, tmp_path):
+    """Without mpiexec (one rank) the data-parallel run is the one-process run."""
+    pytest.importorskip("mpi4py")
+    module = experiments.get("sync-bn")
+    config = module.make_config("tiny", seed=3)
+    rows = module.run(config, digits, progress=False)
+    assert {r["seed"] for r in rows} == {3, 4} and {r["dtype"] for r in rows} == {
+        "float64", "float32"}
+    assert len(rows) == 2 * 2 * config.steps
+    assert all(r["ranks"] == 1 and r["rel_diff"] == 0.0 for r in rows)
+    summary, verdicts = module.summarize(rows, config)
+    assert len(summary) == 2 and all("REPRODUCED --" in v for v in verdicts)
+    module.plot(rows, config, tmp_path / "fig.png", caption="test")
+    assert (tmp_path / "fig.png").stat().st_size > 1000
+
+
+def test_sync_bn_under_mpiexec_writes_its_outputs(tmp_path):
+    """``mpiexec -n 2 fastbn experiment sync-bn --tiny``: rank 0 reports; the float64
+    curves agree to ~1e-12."""
+    pytest.importorskip("mpi4py")
+    import os
+    import shutil
+
+    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    mpiexec = mpiexec if os.path.exists(mpiexec) else shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("no mpiexec")
+    env = dict(os.environ, NUMBA_NUM_THREADS="1")
+    proc = subprocess.run([mpiexec, "-n", "2", sys.executable, "-m", "fastbn", "experiment",
+                           "sync-bn", "--tiny", "--out", str(tmp_path)], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("wrote ") == 1  # rank 0 only
+    rows = report.read_csv(tmp_path / "sync-bn.csv")
+    assert {r["ranks"] for r in rows} == {2}
+    assert max(r["rel_diff"] for r in rows if r["dtype"] == "float64") < 1e-12
+    assert (tmp_path / "sync-bn.png").stat().st_size > 1000

@@ -9,6 +9,8 @@ one of them; :func:`run_experiment` is the same from Python.
 ``init``                  How sensitive is training to the weight-initialization scale?
 ``small-batch``           How do BN, GN, LN, IN, batch renorm and ghost BN fare at batch 2-32,
                           in a CNN and in the MLP?
+``sync-bn``               Under ``mpiexec -n K``: does data-parallel training with
+                          SyncBatchNorm follow the one-process loss curve?
 ========================  ===================================================================
 
 Every experiment is a module with the same four functions:
@@ -40,6 +42,7 @@ EXPERIMENTS = {
     "learning-rate": "learning_rate",
     "init": "init_scale",
     "small-batch": "small_batch",
+    "sync-bn": "sync_bn",
 }
 
 MODES = ("full", "quick", "tiny")
@@ -124,6 +127,9 @@ def run_experiment(name: str, *, mode: str = "full", out: str | os.PathLike = ".
     config = module.make_config(mode, seed, data.name)
     with single_threaded_blas():
         rows = module.run(config, data, progress=progress)
+    if not getattr(module, "writes_here", lambda: True)():
+        return {"rows": rows, "summary": [], "verdicts": [], "csv": None, "png": None,
+                "config": config}  # an MPI rank other than 0: rank 0 reports
     os.makedirs(out, exist_ok=True)
     csv_path = os.path.join(out, f"{name}.csv")
     png_path = os.path.join(out, f"{name}.png")
