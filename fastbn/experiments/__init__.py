@@ -134,7 +134,8 @@ def run_experiment(name: str, *, mode: str = "full", out: str | os.PathLike = ".
     csv_path = os.path.join(out, f"{name}.csv")
     png_path = os.path.join(out, f"{name}.png")
     report.write_csv(rows, csv_path)
-    command = command_line(name, mode, seed, data_path)
+    command = getattr(module, "launcher", lambda: "")() + command_line(name, mode, seed,
+                                                                      data_path)
     module.plot(rows, config, png_path, caption=f"{command}  ({module.SPREAD})")
     summary, verdicts = module.summarize(rows, config)
     file = sys.stdout if file is None else file

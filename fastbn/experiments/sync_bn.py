@@ -207,6 +207,12 @@ def plot(rows: list[dict], config: Config, path: str, caption: str) -> None:
     report.save_figure(fig, path, caption)
 
 
+def launcher() -> str:
+    """How the run was launched, for the caption: ``mpiexec -n K `` (K > 1)."""
+    size = _comm().Get_size()
+    return f"mpiexec -n {size} " if size > 1 else ""
+
+
 def writes_here() -> bool:
     """Only rank 0 writes the CSV and the figure and prints the summary."""
     return _comm().Get_rank() == 0
