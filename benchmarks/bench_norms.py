@@ -1,7 +1,9 @@
 """asv suite: one class per op and pass; params over backend, dtype, layout and size.
 
-``numpy`` is the float64 reference (fastbn.reference), ``cpu`` the Numba
-kernels, ``cuda`` the numba-cuda kernels (skipped without a GPU).  Each class
+``numpy_formula`` is the vectorized NumPy expression in x's dtype that a user
+writes (:mod:`fastbn.formula`), ``numpy`` the float64 oracle
+(:mod:`fastbn.reference`), ``cpu`` the Numba kernels, ``cuda`` the
+numba-cuda kernels (skipped without a GPU).  Each class
 has one ``time_`` method (one operation), a ``track_`` method reporting GB/s
 from the minimal bytes moved, and ``peakmem_`` for forward passes.
 """
@@ -11,11 +13,13 @@ import time
 import numpy as np
 
 import fastbn
-from fastbn import reference
+from fastbn import formula, reference
 
 from .common import GROUPS, axis_of, cuda_or_skip, host_arrays, nbytes
 
-BACKENDS = ["numpy", "cpu", "cuda"]
+BACKENDS = ["numpy_formula", "numpy", "cpu", "cuda"]
+#: The NumPy baselines: the same function names and signatures in both modules.
+NUMPY = {"numpy": reference, "numpy_formula": formula}
 DTYPES = ["float32", "float64"]
 SIZE = ["small", "large"]
 
@@ -67,8 +71,9 @@ class BatchNormForwardTrain(_Case):
     params = _params(_Case.layouts)
 
     def make(self, backend):
-        if backend == "numpy":
-            return lambda: reference.batch_norm_train(self.x, self.w, self.b, axis=self.axis)
+        if backend in NUMPY:
+            lib = NUMPY[backend]
+            return lambda: lib.batch_norm_train(self.x, self.w, self.b, axis=self.axis)
         return lambda: fastbn.batch_norm(self.x, self.w, self.b, axis=self.axis)
 
     def time_forward_train(self, *p):
@@ -84,9 +89,10 @@ class BatchNormInference(_Case):
 
     def make(self, backend):
         rm, rv = self.b, self.w  # running mean 0, running variance 1
-        if backend == "numpy":
-            return lambda: reference.batch_norm_inference(self.x, rm, rv, self.w, self.b,
-                                                          axis=self.axis)
+        if backend in NUMPY:
+            lib = NUMPY[backend]
+            return lambda: lib.batch_norm_inference(self.x, rm, rv, self.w, self.b,
+                                                    axis=self.axis)
         return lambda: fastbn.batch_norm(self.x, self.w, self.b, rm, rv, training=False,
                                          axis=self.axis)
 
@@ -104,9 +110,10 @@ class BatchNormBackward(_Case):
 
     def make(self, backend):
         _, mean, rstd = fastbn.batch_norm(self.x, self.w, self.b, axis=self.axis)
-        if backend == "numpy":
-            return lambda: reference.batch_norm_backward_train(self.dy, self.x, mean, rstd,
-                                                               self.w, axis=self.axis)
+        if backend in NUMPY:
+            lib = NUMPY[backend]
+            return lambda: lib.batch_norm_backward_train(self.dy, self.x, mean, rstd, self.w,
+                                                         axis=self.axis)
         return lambda: fastbn.batch_norm_backward(self.dy, self.x, mean, rstd, self.w,
                                                   axis=self.axis)
 
@@ -120,8 +127,9 @@ class LayerNormForward(_Case):
 
     def make(self, backend):
         d = self.x.shape[-1]
-        if backend == "numpy":
-            return lambda: reference.layer_norm(self.x, d, self.w, self.b)
+        if backend in NUMPY:
+            lib = NUMPY[backend]
+            return lambda: lib.layer_norm(self.x, d, self.w, self.b)
         return lambda: fastbn.layer_norm(self.x, d, self.w, self.b)
 
     def time_forward(self, *p):
@@ -139,8 +147,9 @@ class LayerNormBackward(_Case):
     def make(self, backend):
         d = self.x.shape[-1]
         _, mean, rstd = fastbn.layer_norm(self.x, d, self.w, self.b)
-        if backend == "numpy":
-            return lambda: reference.layer_norm_backward(self.dy, self.x, d, mean, rstd, self.w)
+        if backend in NUMPY:
+            lib = NUMPY[backend]
+            return lambda: lib.layer_norm_backward(self.dy, self.x, d, mean, rstd, self.w)
         return lambda: fastbn.layer_norm_backward(self.dy, self.x, d, mean, rstd, self.w)
 
     def time_backward(self, *p):
@@ -153,8 +162,9 @@ class GroupNormForward(_Case):
 
     def make(self, backend):
         g = min(GROUPS, self.w.shape[0])
-        if backend == "numpy":
-            return lambda: reference.group_norm(self.x, g, self.w, self.b, axis=self.axis)
+        if backend in NUMPY:
+            lib = NUMPY[backend]
+            return lambda: lib.group_norm(self.x, g, self.w, self.b, axis=self.axis)
         return lambda: fastbn.group_norm(self.x, g, self.w, self.b, axis=self.axis)
 
     def time_forward(self, *p):
@@ -172,9 +182,10 @@ class GroupNormBackward(_Case):
     def make(self, backend):
         g = min(GROUPS, self.w.shape[0])
         _, mean, rstd = fastbn.group_norm(self.x, g, self.w, self.b, axis=self.axis)
-        if backend == "numpy":
-            return lambda: reference.group_norm_backward(self.dy, self.x, g, mean, rstd, self.w,
-                                                         axis=self.axis)
+        if backend in NUMPY:
+            lib = NUMPY[backend]
+            return lambda: lib.group_norm_backward(self.dy, self.x, g, mean, rstd, self.w,
+                                                   axis=self.axis)
         return lambda: fastbn.group_norm_backward(self.dy, self.x, g, mean, rstd, self.w,
                                                   axis=self.axis)
 

@@ -1,9 +1,11 @@
 """`fastbn bench`: the kernel benchmark table, measured so that ratios can be trusted.
 
 For every case of the grid (op x pass x layout x dtype x size), fastbn, the
-NumPy reference and torch (when installed, on fastbn's thread count) are
-called in turn inside one loop, so machine drift hits all of them alike, and
-the median of the repeats after a warm-up is reported.  A memory-bandwidth
+NumPy formula a user writes (:mod:`fastbn.formula`, in x's dtype), the
+float64 NumPy oracle (:mod:`fastbn.reference`) and torch (when installed, on
+fastbn's thread count) are called in turn inside one loop, so machine drift
+hits all of them alike, and the median of the repeats after a warm-up is
+reported.  A memory-bandwidth
 probe (a parallel Numba copy) is measured in the same run, between the cases;
 each kernel's GB/s counts the minimal traffic (forward: read x, write y;
 backward: read x and dy, write dx) and is reported as a fraction of the probe.
@@ -25,6 +27,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from . import formula as Fm
 from . import functional as F
 from . import reference as R
 from .cpu._jit import jit
@@ -40,6 +43,7 @@ class BenchCase:
     arrays: int                     # arrays of x's size a minimal kernel moves
     fastbn: Callable[[], object]
     numpy: Callable[[], object]
+    formula: Callable[[], object] | None = None   # the NumPy formula in x's dtype
     torch: Callable[[], object] | None = None
     results: dict = field(default_factory=dict)
 
@@ -110,13 +114,16 @@ def _batch_norm_cases(torch, layout, shape, axis, dtype, rng):
     cases = [
         BenchCase("batch_norm", "forward-train", layout, dtype, shape, 2,
                   partial(F.batch_norm, x, w, b, axis=axis),
-                  partial(R.batch_norm_train, x, w, b, axis=axis)),
+                  partial(R.batch_norm_train, x, w, b, axis=axis),
+                  partial(Fm.batch_norm_train, x, w, b, axis=axis)),
         BenchCase("batch_norm", "inference", layout, dtype, shape, 2,
                   partial(F.batch_norm, x, w, b, rm, rv, training=False, axis=axis),
-                  partial(R.batch_norm_inference, x, rm, rv, w, b, axis=axis)),
+                  partial(R.batch_norm_inference, x, rm, rv, w, b, axis=axis),
+                  partial(Fm.batch_norm_inference, x, rm, rv, w, b, axis=axis)),
         BenchCase("batch_norm", "backward", layout, dtype, shape, 3,
                   partial(F.batch_norm_backward, *grad, axis=axis),
-                  partial(R.batch_norm_backward_train, *grad, axis=axis)),
+                  partial(R.batch_norm_backward_train, *grad, axis=axis),
+                  partial(Fm.batch_norm_backward_train, *grad, axis=axis)),
     ]
     if torch is not None:
         t = torch.from_numpy
@@ -146,12 +153,20 @@ def _epilogue_cases(torch, shape, dtype, rng):
         g = dy * (y > 0)
         return R.batch_norm_backward_train(g, x, mean, rstd, w), g
 
+    def formula_forward():
+        return np.maximum(Fm.batch_norm_train(x, w, b)[0] + res, 0)
+
+    def formula_backward():
+        g = dy * (y > 0)
+        return Fm.batch_norm_backward_train(g, x, mean, rstd, w), g
+
     cases = [
         BenchCase("bn+add+relu", "forward-train", "NCHW", dtype, shape, 3,
-                  partial(F.batch_norm, x, w, b, activation="relu", residual=res), numpy_forward),
+                  partial(F.batch_norm, x, w, b, activation="relu", residual=res), numpy_forward,
+                  formula_forward),
         BenchCase("bn+add+relu", "backward", "NCHW", dtype, shape, 5,
                   partial(F.batch_norm_backward, dy, x, mean, rstd, w, activation="relu", y=y,
-                          dresidual=dres), numpy_backward),
+                          dresidual=dres), numpy_backward, formula_backward),
     ]
     if torch is not None:
         t = torch.from_numpy
@@ -186,15 +201,19 @@ def _layer_norm_cases(torch, shape, dtype, rng):
     _, rms_rstd = F.rms_norm(x, d, w)
     cases = [
         BenchCase("layer_norm", "forward", "rows", dtype, shape, 2,
-                  partial(F.layer_norm, x, d, w, b), partial(R.layer_norm, x, d, w, b)),
+                  partial(F.layer_norm, x, d, w, b), partial(R.layer_norm, x, d, w, b),
+                  partial(Fm.layer_norm, x, d, w, b)),
         BenchCase("layer_norm", "backward", "rows", dtype, shape, 3,
                   partial(F.layer_norm_backward, dy, x, d, mean, rstd, w),
-                  partial(R.layer_norm_backward, dy, x, d, mean, rstd, w)),
+                  partial(R.layer_norm_backward, dy, x, d, mean, rstd, w),
+                  partial(Fm.layer_norm_backward, dy, x, d, mean, rstd, w)),
         BenchCase("rms_norm", "forward", "rows", dtype, shape, 2,
-                  partial(F.rms_norm, x, d, w), partial(R.rms_norm, x, d, w)),
+                  partial(F.rms_norm, x, d, w), partial(R.rms_norm, x, d, w),
+                  partial(Fm.rms_norm, x, d, w)),
         BenchCase("rms_norm", "backward", "rows", dtype, shape, 3,
                   partial(F.rms_norm_backward, dy, x, d, rms_rstd, w),
-                  partial(R.rms_norm_backward, dy, x, d, rms_rstd, w)),
+                  partial(R.rms_norm_backward, dy, x, d, rms_rstd, w),
+                  partial(Fm.rms_norm_backward, dy, x, d, rms_rstd, w)),
     ]
     if torch is not None:
         t = torch.from_numpy
@@ -219,10 +238,12 @@ def _group_norm_cases(torch, layout, shape, axis, groups, dtype, rng):
     cases = [
         BenchCase(op, "forward", layout, dtype, shape, 2,
                   partial(F.group_norm, x, groups, w, b, axis=axis),
-                  partial(R.group_norm, x, groups, w, b, axis=axis)),
+                  partial(R.group_norm, x, groups, w, b, axis=axis),
+                  partial(Fm.group_norm, x, groups, w, b, axis=axis)),
         BenchCase(op, "backward", layout, dtype, shape, 3,
                   partial(F.group_norm_backward, dy, x, groups, mean, rstd, w, axis=axis),
-                  partial(R.group_norm_backward, dy, x, groups, mean, rstd, w, axis=axis)),
+                  partial(R.group_norm_backward, dy, x, groups, mean, rstd, w, axis=axis),
+                  partial(Fm.group_norm_backward, dy, x, groups, mean, rstd, w, axis=axis)),
     ]
     if torch is not None:
         t = torch.from_numpy
@@ -284,6 +305,8 @@ def measure(case: BenchCase, quick: bool) -> None:
     few cores the spinning pool of one would be charged to the other.
     """
     backends = {"fastbn": case.fastbn, "numpy": case.numpy}
+    if case.formula is not None:
+        backends["numpy_formula"] = case.formula
     if case.torch is not None:
         backends["torch"] = case.torch
     for fn in backends.values():
@@ -325,6 +348,7 @@ def rows(cases: list[BenchCase], bandwidth: float) -> list[dict]:
         r = c.results
         gbps = c.nbytes / r["fastbn"] / 1e9
         torch_s = r.get("torch")
+        formula_s = r.get("numpy_formula")
         out.append({
             "op": c.op, "pass": c.pass_, "layout": c.layout, "dtype": c.dtype.name,
             "shape": list(c.shape), "backend": "cpu",
@@ -332,6 +356,8 @@ def rows(cases: list[BenchCase], bandwidth: float) -> list[dict]:
             "numpy_median_s": r["numpy"], "speedup_vs_numpy": r["numpy"] / r["fastbn"],
             "torch_median_s": torch_s,
             "speedup_vs_torch": None if torch_s is None else torch_s / r["fastbn"],
+            "numpy_formula_median_s": formula_s,
+            "speedup_vs_numpy_formula": None if formula_s is None else formula_s / r["fastbn"],
         })
     return out
 
@@ -349,23 +375,32 @@ def table(report: dict) -> str:
         f"bandwidth probe (parallel copy, read + write): {m['bandwidth_gbps']:.1f} GB/s",
         "",
         f"{'op':<16} {'pass':<14} {'layout':<6} {'dtype':<7} {'shape':<18} {'ms':>8} "
-        f"{'GB/s':>6} {'of bw':>6} {'numpy ms':>9} {'vs numpy':>8} {'torch ms':>9} "
-        f"{'vs torch':>8}",
+        f"{'GB/s':>6} {'of bw':>6} {'formula ms':>10} {'vs formula':>10} {'numpy ms':>9} "
+        f"{'vs numpy':>8} {'torch ms':>9} {'vs torch':>8}",
     ]
     lines.append("-" * len(lines[-1]))
     for r in report["rows"]:
         torch = ("" if r["torch_median_s"] is None else _ms(r["torch_median_s"]))
         vs_torch = ("" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.2f}x")
+        formula = ("" if r.get("numpy_formula_median_s") is None
+                   else _ms(r["numpy_formula_median_s"]))
+        vs_formula = ("" if r.get("speedup_vs_numpy_formula") is None
+                      else f"{r['speedup_vs_numpy_formula']:.1f}x")
         lines.append(
             f"{r['op']:<16} {r['pass']:<14} {r['layout']:<6} {r['dtype']:<7} "
             f"{'x'.join(map(str, r['shape'])):<18} {_ms(r['median_s']):>8} "
-            f"{r['gbps']:>6.1f} {r['bandwidth_fraction']:>6.2f} {_ms(r['numpy_median_s']):>9} "
-            f"{r['speedup_vs_numpy']:>7.1f}x {torch:>9} {vs_torch:>8}")
-    speedups = [r["speedup_vs_torch"] for r in report["rows"] if r["speedup_vs_torch"]]
-    if speedups:
-        lines.append("")
-        lines.append(f"geometric mean vs torch: {math.exp(np.mean(np.log(speedups))):.2f}x "
-                     f"over {len(speedups)} cases; lowest {min(speedups):.2f}x")
+            f"{r['gbps']:>6.1f} {r['bandwidth_fraction']:>6.2f} {formula:>10} {vs_formula:>10} "
+            f"{_ms(r['numpy_median_s']):>9} {r['speedup_vs_numpy']:>7.1f}x {torch:>9} "
+            f"{vs_torch:>8}")
+    lines.append("")
+    for key, name in (("speedup_vs_numpy_formula", "the NumPy formula (x's dtype)"),
+                      ("speedup_vs_numpy", "the float64 NumPy oracle"),
+                      ("speedup_vs_torch", "torch")):
+        speedups = [r[key] for r in report["rows"] if r.get(key)]
+        if speedups:
+            lines.append(f"geometric mean vs {name}: "
+                         f"{math.exp(np.mean(np.log(speedups))):.2f}x over {len(speedups)} "
+                         f"cases; lowest {min(speedups):.2f}x")
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ from fastbn import bench, cli
 
 ROW_KEYS = {"op", "pass", "layout", "dtype", "shape", "backend", "median_s", "gbps",
             "bandwidth_fraction", "numpy_median_s", "speedup_vs_numpy", "torch_median_s",
-            "speedup_vs_torch"}
+            "speedup_vs_torch", "numpy_formula_median_s", "speedup_vs_numpy_formula"}
 
 
 @pytest.fixture
@@ -41,10 +41,12 @@ def test_bench_json_schema_and_table(small_grid, tmp_path, capsys):
         assert set(row) == ROW_KEYS
         assert row["median_s"] > 0 and row["speedup_vs_numpy"] > 0
         assert (row["torch_median_s"] is None) == (row["speedup_vs_torch"] is None)
+        assert row["numpy_formula_median_s"] > 0 and row["speedup_vs_numpy_formula"] > 0
     ops = {r["op"] for r in report["rows"]}
     assert {"batch_norm", "layer_norm", "rms_norm"} <= ops
     table = capsys.readouterr().out
-    assert "bandwidth probe" in table and "vs numpy" in table
+    assert "bandwidth probe" in table and "vs numpy" in table and "vs formula" in table
+    assert "geometric mean vs the NumPy formula" in table
 
 
 def test_bench_ops_filter_and_plot(small_grid, tmp_path):
