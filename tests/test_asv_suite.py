@@ -33,3 +33,16 @@ def test_benchmark_runs(cls, backend):
 
 def test_backends_include_the_numpy_formula():
     assert bench_norms.BACKENDS[:3] == ["numpy_formula", "numpy", "cpu"]
+
+
+def test_regression_subset_is_cpu_float32_without_peakmem():
+    from benchmarks import regression
+
+    classes = [c for _, c in inspect.getmembers(regression, inspect.isclass)
+               if c.__name__.startswith("Regression")]
+    assert len(classes) == len(CLASSES)
+    for cls in classes:
+        assert cls.params[:2] == [["cpu"], ["float32"]]
+        methods = [n for n, v in inspect.getmembers(cls) if inspect.isfunction(v)]
+        assert any(n.startswith("time_") for n in methods)
+        assert not any(n.startswith("peakmem_") for n in methods)

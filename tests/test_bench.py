@@ -66,3 +66,15 @@ def test_bandwidth_probe_measures_something():
     probe = bench.BandwidthProbe(8)
     probe.measure(2)
     assert probe.gbps > 0.1
+
+
+def test_out_variant_writes_into_a_preallocated_array():
+    import numpy as np
+
+    case = next(c for c in bench.grid(True, ("layer_norm",)) if c.shape == (8, 768)
+                and c.pass_ == "forward")
+    out_case = bench._into_out(case)
+    assert out_case.pass_ == "forward out=" and out_case.numpy is case.numpy
+    y = out_case.fastbn()[0]
+    np.testing.assert_allclose(y, case.fastbn()[0])
+    assert y is out_case.fastbn.keywords["out"]
