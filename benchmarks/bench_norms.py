@@ -2,8 +2,11 @@
 
 ``numpy_formula`` is the vectorized NumPy expression in x's dtype that a user
 writes (:mod:`fastbn.formula`), ``numpy`` the float64 oracle
-(:mod:`fastbn.reference`), ``cpu`` the Numba kernels, ``cuda`` the
-numba-cuda kernels (skipped without a GPU).  Each class
+(:mod:`fastbn.reference`), ``cpu`` the Numba kernels allocating their output
+as a user's call does, ``cpu_out`` the same writing into a preallocated
+``out=`` (forward passes only; a new output of more than 32 MB is a fresh
+mmap whose pages fault on first touch, which ``cpu`` pays and ``cpu_out``
+does not), ``cuda`` the numba-cuda kernels (skipped without a GPU).  Each class
 has one ``time_`` method (one operation), a ``track_`` method reporting GB/s
 from the minimal bytes moved, and ``peakmem_`` for forward passes.
 """
@@ -17,7 +20,7 @@ from fastbn import formula, reference
 
 from .common import GROUPS, axis_of, cuda_or_skip, host_arrays, nbytes
 
-BACKENDS = ["numpy_formula", "numpy", "cpu", "cuda"]
+BACKENDS = ["numpy_formula", "numpy", "cpu", "cpu_out", "cuda"]
 #: The NumPy baselines: the same function names and signatures in both modules.
 NUMPY = {"numpy": reference, "numpy_formula": formula}
 DTYPES = ["float32", "float64"]
@@ -28,6 +31,7 @@ class _Case:
     """Build inputs in setup, compile with one warm call, expose ``self.op``."""
 
     arrays = 2          # tensors of x's size a minimal kernel moves
+    has_out = True      # the op takes out= (forward passes)
     layouts = ["NCHW", "NHWC"]
     param_names = ["backend", "dtype", "layout", "size"]
     timeout = 300
@@ -42,6 +46,11 @@ class _Case:
         else:
             self.sync = lambda: None
         self.x, self.dy, self.w, self.b = x, dy, w, b
+        self.out = {}
+        if backend == "cpu_out":
+            if not self.has_out:
+                raise NotImplementedError("backward passes take no out=")
+            self.out = {"out": np.empty_like(x)}
         self.op = self.make(backend)
         self.op()  # compile and page in
         self.sync()
@@ -74,7 +83,7 @@ class BatchNormForwardTrain(_Case):
         if backend in NUMPY:
             lib = NUMPY[backend]
             return lambda: lib.batch_norm_train(self.x, self.w, self.b, axis=self.axis)
-        return lambda: fastbn.batch_norm(self.x, self.w, self.b, axis=self.axis)
+        return lambda: fastbn.batch_norm(self.x, self.w, self.b, axis=self.axis, **self.out)
 
     def time_forward_train(self, *p):
         self.run()
@@ -94,7 +103,7 @@ class BatchNormInference(_Case):
             return lambda: lib.batch_norm_inference(self.x, rm, rv, self.w, self.b,
                                                     axis=self.axis)
         return lambda: fastbn.batch_norm(self.x, self.w, self.b, rm, rv, training=False,
-                                         axis=self.axis)
+                                         axis=self.axis, **self.out)
 
     def time_inference(self, *p):
         self.run()
@@ -107,6 +116,7 @@ class BatchNormInference(_Case):
 class BatchNormBackward(_Case):
     params = _params(_Case.layouts)
     arrays = 3
+    has_out = False
 
     def make(self, backend):
         _, mean, rstd = fastbn.batch_norm(self.x, self.w, self.b, axis=self.axis)
@@ -130,7 +140,7 @@ class LayerNormForward(_Case):
         if backend in NUMPY:
             lib = NUMPY[backend]
             return lambda: lib.layer_norm(self.x, d, self.w, self.b)
-        return lambda: fastbn.layer_norm(self.x, d, self.w, self.b)
+        return lambda: fastbn.layer_norm(self.x, d, self.w, self.b, **self.out)
 
     def time_forward(self, *p):
         self.run()
@@ -143,6 +153,7 @@ class LayerNormForward(_Case):
 class LayerNormBackward(_Case):
     params = _params(["rows"])
     arrays = 3
+    has_out = False
 
     def make(self, backend):
         d = self.x.shape[-1]
@@ -165,7 +176,7 @@ class GroupNormForward(_Case):
         if backend in NUMPY:
             lib = NUMPY[backend]
             return lambda: lib.group_norm(self.x, g, self.w, self.b, axis=self.axis)
-        return lambda: fastbn.group_norm(self.x, g, self.w, self.b, axis=self.axis)
+        return lambda: fastbn.group_norm(self.x, g, self.w, self.b, axis=self.axis, **self.out)
 
     def time_forward(self, *p):
         self.run()
@@ -178,6 +189,7 @@ class GroupNormForward(_Case):
 class GroupNormBackward(_Case):
     params = _params(_Case.layouts)
     arrays = 3
+    has_out = False
 
     def make(self, backend):
         g = min(GROUPS, self.w.shape[0])

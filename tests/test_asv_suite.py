@@ -19,11 +19,15 @@ CLASSES = [c for _, c in inspect.getmembers(bench_norms, inspect.isclass)
            if issubclass(c, bench_norms._Case) and c is not bench_norms._Case]
 
 
-@pytest.mark.parametrize("backend", ["numpy_formula", "numpy", "cpu"])
+@pytest.mark.parametrize("backend", ["numpy_formula", "numpy", "cpu", "cpu_out"])
 @pytest.mark.parametrize("cls", CLASSES, ids=[c.__name__ for c in CLASSES])
 def test_benchmark_runs(cls, backend):
     for layout in cls.params[2]:
         case = cls()
+        if backend == "cpu_out" and not cls.has_out:
+            with pytest.raises(NotImplementedError):  # asv: skipped
+                case.setup(backend, "float32", layout, "small")
+            continue
         case.setup(backend, "float32", layout, "small")
         for name in dir(case):
             if name.startswith(("time_", "peakmem_")):
@@ -32,7 +36,7 @@ def test_benchmark_runs(cls, backend):
 
 
 def test_backends_include_the_numpy_formula():
-    assert bench_norms.BACKENDS[:3] == ["numpy_formula", "numpy", "cpu"]
+    assert bench_norms.BACKENDS[:4] == ["numpy_formula", "numpy", "cpu", "cpu_out"]
 
 
 def test_regression_subset_is_cpu_float32_without_peakmem():
