@@ -32,8 +32,11 @@ Concurrent compiles: Numba numbers a function's data files 1, 2, ... in the
 order signatures are saved, so two processes saving different signatures at
 once can both pick ``.1.nbc`` and leave the index pointing at the other's
 machine code.  fastbn's kernels name each data file after a hash of its index
-key instead, so an index entry can only ever point at its own code; a lost
-index entry costs one recompile, never a wrong kernel.
+key instead, so an index entry can only ever point at its own code, and
+update a function's index under a file lock (``flock``), so processes saving
+different signatures at once keep each other's entries (``fastbn warmup``
+compiles in parallel processes).  Where locks are unavailable a lost index
+entry costs one recompile, never a wrong kernel.
 
 ``fastbn cache`` shows the directory, ``fastbn cache --clear`` empties it.
 """
@@ -41,6 +44,7 @@ index entry costs one recompile, never a wrong kernel.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import hashlib
 import os
@@ -209,10 +213,38 @@ class _IndexDataCacheFile(caching.IndexDataCacheFile):
     def save(self, key, data):
         name = self.data_name(key)
         self._save_data(name, data)
-        overloads = self._load_index()
-        if overloads.get(key) != name:
-            overloads[key] = name
-            self._save_index(overloads)
+        with _locked(self._index_path + ".lock"):
+            # read-modify-write of the index under a lock: processes saving other
+            # signatures of this kernel at the same moment keep each other's entries
+            overloads = self._load_index()
+            if overloads.get(key) != name:
+                overloads[key] = name
+                self._save_index(overloads)
+
+
+@contextlib.contextmanager
+def _locked(path: str):
+    """An exclusive advisory lock on ``path`` (POSIX ``flock``), held for the block.
+
+    Where locking is unavailable (Windows, a file system without locks) the
+    block runs unlocked: a lost index entry then costs a recompile, never a
+    wrong kernel (the data files are named by their key).
+    """
+    try:
+        import fcntl
+
+        handle = open(path, "a+b")  # noqa: SIM115  (closed in finally)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        handle.close()  # releases the lock
 
 
 class _CacheImpl(caching.CompileResultCacheImpl):

@@ -18,7 +18,10 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="run every op on built-in inputs against the NumPy reference")
     check.add_argument("--quick", action="store_true", help="smaller inputs")
     check.add_argument("--repeats", type=int, default=7, help="timed calls per case")
-    sub.add_parser("warmup", help="compile and cache every CPU kernel ahead of time")
+    warm = sub.add_parser("warmup", help="compile and cache every CPU kernel ahead of time")
+    warm.add_argument("--jobs", metavar="N", type=int, default=None,
+                      help="compile in N processes (the two dtypes at once; default: "
+                           "2 on a machine with 2 or more cores, 1 compiles in this process)")
     cache = sub.add_parser(
         "cache", help="show where the compiled kernels are cached, their number and size",
         description="Show fastbn's compile cache: the directory (under NUMBA_CACHE_DIR when "
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "warmup":
         from .warmup import warmup
 
-        warmup()
+        warmup(jobs=args.jobs)
         return 0
     if args.command == "cache":
         from . import _cache

@@ -6,12 +6,21 @@ machine code in its compile cache (:mod:`fastbn._cache`: under
 package).  Running this once after installing makes every later first call a
 cache load.  ``fastbn cache`` shows the cache, ``fastbn cache --clear``
 empties it.
+
+Compiling is single-threaded, so with ``jobs=2`` (the default on a machine
+with two or more cores) the float32 and the float64 kernels are compiled in
+two processes at once, into the same cache: :mod:`fastbn._cache` updates each
+kernel's index under a file lock, so neither process loses the other's
+entries.  A last pass in this process then loads every kernel from the cache
+(and compiles whatever is missing), so the call ends with all of them ready.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -64,13 +73,36 @@ def _exercise(dtype) -> None:
         F.rms_norm_backward(x, x, shape[-1], rstd)
 
 
-def warmup(verbose: bool = True) -> float:
-    """Compile (or load from cache) every CPU kernel; returns the seconds it took."""
+DTYPES = ("float32", "float64")
+
+
+def _warm(dtype: str) -> None:
+    for path in _PATHS:
+        with _patched(**path):
+            _exercise(np.dtype(dtype))
+
+
+def default_jobs() -> int:
+    """Processes for :func:`warmup`: one per dtype, at most one per core."""
+    return max(1, min(len(DTYPES), os.cpu_count() or 1))
+
+
+def warmup(verbose: bool = True, jobs: int | None = None) -> float:
+    """Compile (or load from cache) every CPU kernel; returns the seconds it took.
+
+    ``jobs`` > 1 compiles float32 and float64 in two processes first (see the
+    module docstring; more than 2 jobs still uses 2); the pass in this
+    process then only loads.  ``jobs=1`` compiles everything here.
+    """
+    jobs = default_jobs() if jobs is None else max(1, int(jobs))
     t0 = time.perf_counter()
-    for dtype in (np.float32, np.float64):
-        for path in _PATHS:
-            with _patched(**path):
-                _exercise(dtype)
+    if jobs > 1 and _cache.active_root() is not None:
+        procs = [subprocess.Popen([sys.executable, "-m", "fastbn.warmup", dtype])
+                 for dtype in DTYPES]
+        for proc in procs:
+            proc.wait()
+    for dtype in DTYPES:
+        _warm(dtype)
     seconds = time.perf_counter() - t0
     if verbose:
         root = _cache.active_root()
@@ -81,3 +113,7 @@ def warmup(verbose: bool = True) -> float:
             print(f"fastbn: CPU kernels compiled and cached in {seconds:.1f} s "
                   f"({os.path.join(root, _cache.cache_key())})")
     return seconds
+
+
+if __name__ == "__main__":  # one dtype, in a process of its own (see warmup(jobs=...))
+    _warm(sys.argv[1])

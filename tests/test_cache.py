@@ -272,6 +272,45 @@ def test_concurrent_saves_never_cross_data_files(tmp_path):
     assert a.load("key-a") == "code-a" and b.load("key-b") is None
 
 
+_SAVER = """
+import sys, time
+from fastbn import _cache
+f = _cache._IndexDataCacheFile(sys.argv[1], "f-1.py311", "stamp")
+start = float(sys.argv[3])
+while time.time() < start:
+    pass
+for i in range(200):
+    f.save(f"{sys.argv[2]}-{i}", i)
+"""
+
+
+def test_concurrent_index_updates_keep_every_entry(tmp_path):
+    """Two processes saving 200 keys each into one index at the same moment: the file
+    lock around the index's read-modify-write keeps all 400 entries."""
+    start = str(time.time() + 1.0)
+    procs = [subprocess.Popen([sys.executable, "-c", _SAVER, str(tmp_path), tag, start])
+             for tag in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    index = _cache._IndexDataCacheFile(str(tmp_path), "f-1.py311", "stamp")
+    assert all(index.load(f"{tag}-{i}") == i for tag in "ab" for i in range(200))
+
+
+def test_parallel_warmup_leaves_a_complete_cache(tmp_path):
+    """``fastbn warmup --jobs 2`` (float32 and float64 compiled at once, into one
+    cache): a fresh process then loads every kernel and compiles none."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    subprocess.run([sys.executable, "-m", "fastbn", "warmup", "--jobs", "2"], env=env,
+                   check=True, capture_output=True, timeout=600)
+    code = ("from numba.core import event\n"
+            "from fastbn.warmup import warmup\n"
+            "with event.install_recorder('numba:compile') as rec:\n"
+            "    warmup(verbose=False, jobs=1)\n"
+            "print(len(rec.buffer))\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                         capture_output=True, text=True, timeout=600).stdout
+    assert out.split() == ["0"], "kernels compiled again: the parallel warmup lost entries"
+
+
 def test_other_code_is_cached_where_numba_puts_it(tmp_path):
     """fastbn's locator leaves everyone else's cache=True functions alone."""
     (tmp_path / "pkg").mkdir()
