@@ -83,6 +83,148 @@ def _backend(*arrays) -> _Backend:
     return _cuda() if any(_checks.is_cuda_array(a) for a in arrays) else _CPU
 
 
+# --- the fast path ------------------------------------------------------------------
+# The common call (host, C-contiguous float32/float64 x, matching contiguous
+# parameters, float eps and momentum, no out=, residual or activation) skips the
+# general preparation.  These checks only decide that such a call is valid and
+# needs no conversion; every other call, valid or not, takes the general path,
+# which validates (and raises) as documented.  Both run the same kernels on the
+# same arrays, so results are identical (tests/test_fast_path.py).
+
+_FAST_DTYPES = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
+_cpu_param = _cpu_arrays.param
+_cpu_elementwise = _cpu_arrays.elementwise
+
+
+def _plain(a, shape, dtypes) -> bool:
+    """``a`` is None or a C-contiguous host array of ``shape`` with a dtype in ``dtypes``."""
+    return a is None or (type(a) is np.ndarray and a.shape == shape and a.dtype in dtypes
+                         and a.flags.c_contiguous)
+
+
+def _plain_x(x) -> bool:
+    return (type(x) is np.ndarray and x.dtype in _FAST_DTYPES and x.flags.c_contiguous
+            and x.size > 0)
+
+
+def _fast_eps(eps) -> bool:
+    return type(eps) is float and 0.0 < eps < math.inf
+
+
+def _fast_axis(axis, ndim):
+    """The channel axis as 0..ndim-1, or None to take the general path."""
+    if type(axis) is not int or ndim < 2 or not -ndim <= axis < ndim:
+        return None
+    return axis + ndim if axis < 0 else axis
+
+
+def _fast_running(rm, rv, c, x, weight, bias, training, momentum) -> bool:
+    """Running statistics the fast path can use: both None (training only), or both
+    contiguous float32/float64 (C,) arrays, writeable and apart from everything in
+    training."""
+    if rm is None and rv is None:
+        return training
+    shape = (c,)
+    if rm is None or rv is None or not (_plain(rm, shape, _FAST_DTYPES)
+                                        and _plain(rv, shape, _FAST_DTYPES)):
+        return False
+    if not training:
+        return True
+    return (type(momentum) is float and 0.0 <= momentum <= 1.0 and rm.flags.writeable
+            and rv.flags.writeable and not any(
+                np.may_share_memory(s, o) for s in (rm, rv)
+                for o in (x, weight, bias, rv if s is rm else None) if o is not None))
+
+
+def _fast_batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                     axis):
+    shape = x.shape
+    ax = _fast_axis(axis, len(shape))
+    if ax is None:
+        return None
+    c = shape[ax]
+    m = x.size // c
+    if (training and m <= 1) or not (_plain(weight, (c,), (x.dtype,))
+                                     and _plain(bias, (c,), (x.dtype,))):
+        return None
+    if not _fast_running(running_mean, running_var, c, x, weight, bias, training, momentum):
+        return None
+    x3 = x.reshape(m // (b := math.prod(shape[ax + 1:])), c, b)
+    y3 = np.empty_like(x3)
+    w = _cpu_param(weight, c, 1.0, None)
+    bk = _cpu_param(bias, c, 0.0, None)
+    sdtype = _checks.stats_dtype(x.dtype)
+    if not training:
+        mean, rstd = np.empty(c, sdtype), np.empty(c, sdtype)
+        _cpu_bn.inference(x3, running_mean, running_var, eps, w, bk, y3, mean, rstd)
+        return y3.reshape(shape), mean, rstd
+    mean, m2, rstd = _cpu_bn.forward_train(x3, w, bk, eps, y3)
+    if running_mean is not None:
+        _update_running(running_mean, running_var, mean, m2, m, momentum, _CPU)
+    return y3.reshape(shape), mean.astype(sdtype, copy=False), rstd.astype(sdtype, copy=False)
+
+
+def _fast_batch_norm_backward(dy, x, mean, rstd, weight, training, axis):
+    shape = x.shape
+    ax = _fast_axis(axis, len(shape))
+    if (ax is None or type(dy) is not np.ndarray or dy.shape != shape or dy.dtype != x.dtype
+            or not dy.flags.c_contiguous):
+        return None
+    c = shape[ax]
+    if not (_plain(mean, (c,), _FAST_DTYPES) and mean is not None
+            and _plain(rstd, (c,), _FAST_DTYPES) and rstd is not None
+            and _plain(weight, (c,), (x.dtype,))):
+        return None
+    b = math.prod(shape[ax + 1:])
+    x3 = x.reshape(x.size // (c * b), c, b)
+    dx3 = np.empty_like(x3)
+    dweight, dbias = _cpu_bn.backward(dy.reshape(x3.shape), x3, _cpu_param(mean, c, None, None),
+                                      _cpu_param(rstd, c, None, None),
+                                      _cpu_param(weight, c, 1.0, None), bool(training), dx3)
+    sdtype = _checks.stats_dtype(x.dtype)
+    return dx3.reshape(shape), dweight.astype(sdtype, copy=False), dbias.astype(sdtype,
+                                                                                copy=False)
+
+
+def _fast_rows_forward(x, normalized_shape, weight, bias, eps, center):
+    if x.ndim == 0:
+        return None
+    d = x.shape[-1]
+    if type(normalized_shape) is not int or normalized_shape != d or not (
+            _plain(weight, (d,), (x.dtype,)) and _plain(bias, (d,), (x.dtype,))):
+        return None
+    x3 = x.reshape(1, x.size // d, d)
+    y3 = np.empty_like(x3)
+    mean, rstd = _cpu_ln.forward(x3, _cpu_elementwise(weight, d, 1.0, x.dtype),
+                                 _cpu_elementwise(bias, d, 0.0, x.dtype), eps, center, y3)
+    sdtype = _checks.stats_dtype(x.dtype)
+    lead = x.shape[:-1]
+    return (y3.reshape(x.shape), mean.reshape(lead).astype(sdtype, copy=False),
+            rstd.reshape(lead).astype(sdtype, copy=False))
+
+
+def _fast_rows_backward(dy, x, normalized_shape, mean, rstd, weight, center):
+    if x.ndim == 0:
+        return None
+    d = x.shape[-1]
+    lead = x.shape[:-1]
+    if (type(normalized_shape) is not int or normalized_shape != d or type(dy) is not np.ndarray
+            or dy.shape != x.shape or dy.dtype != x.dtype or not dy.flags.c_contiguous
+            or not _plain(weight, (d,), (x.dtype,)) or rstd is None
+            or not _plain(rstd, lead, _FAST_DTYPES)
+            or (center and (mean is None or not _plain(mean, lead, _FAST_DTYPES)))):
+        return None
+    r = x.size // d
+    x3 = x.reshape(1, r, d)
+    dx3 = np.empty_like(x3)
+    dweight, dbias = _cpu_ln.backward(
+        dy.reshape(x3.shape), x3, _cpu_param(mean if center else None, r, 0.0, None),
+        _cpu_param(rstd, r, None, None), _cpu_elementwise(weight, d, 1.0, x.dtype), center, dx3)
+    sdtype = _checks.stats_dtype(x.dtype)
+    return (dx3.reshape(x.shape), dweight.astype(sdtype, copy=False),
+            dbias.astype(sdtype, copy=False))
+
+
 def _channel_input(x, axis):
     """x validated on its backend: ``(backend, x, shape, channel axis, C, values per
     channel)``."""
@@ -183,6 +325,12 @@ def batch_norm(
     >>> bool(abs(y.mean()) < 1e-5)
     True
     """
+    if (_plain_x(x) and out is None and residual is None and activation is None
+            and _fast_eps(eps)):
+        fast = _fast_batch_norm(x, weight, bias, running_mean, running_var, training, momentum,
+                                eps, axis)
+        if fast is not None:
+            return fast
     be, x, shape, ax, c, m = _channel_input(x, axis)
     xp = be.arrays
     w = _checks.channel_vector(weight, "weight", c, shape, xp)
@@ -296,6 +444,10 @@ def batch_norm_backward(
     One pass reads x and dy for both sums, a second writes dx (from cache
     when a channel fits).
     """
+    if _plain_x(x) and activation is None and y is None and dresidual is None:
+        fast = _fast_batch_norm_backward(dy, x, mean, rstd, weight, training, axis)
+        if fast is not None:
+            return fast
     be, x, shape, ax, c, _ = _channel_input(x, axis)
     xp = be.arrays
     dy = _checks.same_as_x(dy, x, "dy", xp)
@@ -407,6 +559,10 @@ def moments_to_stats(count, mean, m2, eps: float = 1e-5):
 
 def _rows_forward(x, normalized_shape, weight, bias, eps, out, center):
     """Shared body of :func:`layer_norm` and :func:`rms_norm`."""
+    if _plain_x(x) and out is None and _fast_eps(eps):
+        fast = _fast_rows_forward(x, normalized_shape, weight, bias, eps, center)
+        if fast is not None:
+            return fast
     be = _backend(x)
     xp = be.arrays
     x = _checks.float_array(x, "x", xp)
@@ -432,6 +588,10 @@ def _rows_forward(x, normalized_shape, weight, bias, eps, out, center):
 
 def _rows_backward(dy, x, normalized_shape, mean, rstd, weight, center):
     """Shared body of :func:`layer_norm_backward` and :func:`rms_norm_backward`."""
+    if _plain_x(x):
+        fast = _fast_rows_backward(dy, x, normalized_shape, mean, rstd, weight, center)
+        if fast is not None:
+            return fast
     be = _backend(x)
     xp = be.arrays
     x = _checks.float_array(x, "x", xp)

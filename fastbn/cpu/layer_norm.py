@@ -312,12 +312,15 @@ def backward(dy3, x3, mean, rstd, weight, center, dx3):
     dweight = np.empty(d)
     dbias = np.empty(d)
     if _short(x3):
-        tasks = min(r, config.ROW_BLOCK_TASKS)
+        # one task when the serial driver runs anyway: its partials are the sums
+        tasks = 1 if x3.size <= config.SERIAL_MAX_ELEMENTS else min(r, config.ROW_BLOCK_TASKS)
         rows = -(-r // tasks)
         tasks = -(-r // rows)
         pdw = np.empty((tasks, d))
         pdb = np.empty((tasks, d))
         short_backward(x3.size, x3, dy3, mean, rstd, weight, center, rows, coef, dx3, pdw, pdb)
+        if tasks == 1:
+            return pdw[0], pdb[0]
         sum_partials(pdw.size, pdw, config.COLUMN_BLOCK, dweight)
         sum_partials(pdb.size, pdb, config.COLUMN_BLOCK, dbias)
         return dweight, dbias
