@@ -44,7 +44,8 @@ def _patched(**values):
 #: Settings that route a tiny input through each driver and loop order.
 _PATHS = (
     dict(),                                                    # serial drivers
-    dict(SERIAL_MAX_ELEMENTS=0, FUSED_MIN_CHANNELS=1),          # parallel, fused rows
+    dict(SERIAL_MAX_ELEMENTS=0, FUSED_MIN_CHANNELS=1,           # parallel, fused rows
+         FUSED_COLUMN_WIDTH=1),                                 # and fused columns
     dict(SERIAL_MAX_ELEMENTS=0, FUSED_CHANNEL_MAX_BYTES=0),     # parallel, split rows
     dict(FUSED_MIN_CHANNELS=1),                                 # serial, fused rows
     dict(SERIAL_MAX_ELEMENTS=0, SHORT_ROW_MAX_BYTES=0),         # parallel, long rows

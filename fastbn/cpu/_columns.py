@@ -282,62 +282,70 @@ def cols_grad_fold(psdy, psdxc, B, sdy, sdxc):
                     s[g] += ps[g * B + b]
 
 
-@driver
-def cols_grad_apply(x3, dy3, coef, rows, width, training, dx3, y3, relu, dres3, has_dres):
-    """Elementwise ``dx = g * k0 + ((x - mean_hi) - mean_lo) * k1 + k2``, coef (5, N, K).
+@worker
+def block_grad_apply(x3, dy3, coef, n, r0, r1, k0, k1, training, dx3, y3, relu, dres3,
+                     has_dres):
+    """Elementwise ``dx = g * k0 + ((x - mean_hi) - mean_lo) * k1 + k2`` on a block of
+    rows ``r0:r1`` and columns ``k0:k1`` of sample ``n``, coef (5, N, K).
 
     ``g`` is ``dy`` masked by the forward's ReLU when ``relu`` and is written
     to ``dres3`` when ``has_dres``; with ``training=False`` only ``dx = g * k0``.
     """
+    hi = coef[0, n, k0:k1]
+    lo = coef[1, n, k0:k1]
+    c0 = coef[2, n, k0:k1]
+    c1 = coef[3, n, k0:k1]
+    c2 = coef[4, n, k0:k1]
+    r = r0
+    if training and not (relu or has_dres):
+        # two rows per sweep: the five coefficient loads serve both rows
+        while r + 2 <= r1:
+            xa = x3[n, r, k0:k1]
+            xb = x3[n, r + 1, k0:k1]
+            da = dy3[n, r, k0:k1]
+            db = dy3[n, r + 1, k0:k1]
+            ga = dx3[n, r, k0:k1]
+            gb = dx3[n, r + 1, k0:k1]
+            for k in range(xa.size):
+                h = hi[k]
+                lk = lo[k]
+                a0 = c0[k]
+                a1 = c1[k]
+                a2 = c2[k]
+                ga[k] = da[k] * a0 + ((xa[k] - h) - lk) * a1 + a2
+                gb[k] = db[k] * a0 + ((xb[k] - h) - lk) * a1 + a2
+            r += 2
+    for rr_ in range(r, r1):
+        xr = x3[n, rr_, k0:k1]
+        dr = dy3[n, rr_, k0:k1]
+        gr = dx3[n, rr_, k0:k1]
+        if relu or has_dres:
+            yr = y3[n, rr_, k0:k1]
+            rr = dres3[n, rr_, k0:k1]
+            for k in range(xr.size):
+                g = relu_mask(dr[k], yr[k], relu)
+                if has_dres:
+                    rr[k] = g
+                gr[k] = grad_epilogue(g, xr[k], hi[k], lo[k], c0[k], c1[k], c2[k], training)
+        elif training:
+            for k in range(xr.size):
+                gr[k] = dr[k] * c0[k] + ((xr[k] - hi[k]) - lo[k]) * c1[k] + c2[k]
+        else:
+            for k in range(xr.size):
+                gr[k] = dr[k] * c0[k]
+
+
+@driver
+def cols_grad_apply(x3, dy3, coef, rows, width, training, dx3, y3, relu, dres3, has_dres):
+    """:func:`block_grad_apply` over (sample, row block, column block) tasks."""
     N, A, K = x3.shape
     nrb = (A + rows - 1) // rows
     ncb = (K + width - 1) // width
     for t in prange(N * nrb * ncb):
         n, rb, k0, k1 = _task(t, nrb, ncb, width, K)
-        hi = coef[0, n, k0:k1]
-        lo = coef[1, n, k0:k1]
-        c0 = coef[2, n, k0:k1]
-        c1 = coef[3, n, k0:k1]
-        c2 = coef[4, n, k0:k1]
         r0 = rb * rows
-        r1 = min(r0 + rows, A)
-        r = r0
-        if training and not (relu or has_dres):
-            # two rows per sweep: the five coefficient loads serve both rows
-            while r + 2 <= r1:
-                xa = x3[n, r, k0:k1]
-                xb = x3[n, r + 1, k0:k1]
-                da = dy3[n, r, k0:k1]
-                db = dy3[n, r + 1, k0:k1]
-                ga = dx3[n, r, k0:k1]
-                gb = dx3[n, r + 1, k0:k1]
-                for k in range(xa.size):
-                    h = hi[k]
-                    lk = lo[k]
-                    a0 = c0[k]
-                    a1 = c1[k]
-                    a2 = c2[k]
-                    ga[k] = da[k] * a0 + ((xa[k] - h) - lk) * a1 + a2
-                    gb[k] = db[k] * a0 + ((xb[k] - h) - lk) * a1 + a2
-                r += 2
-        for rr_ in range(r, r1):
-            xr = x3[n, rr_, k0:k1]
-            dr = dy3[n, rr_, k0:k1]
-            gr = dx3[n, rr_, k0:k1]
-            if relu or has_dres:
-                yr = y3[n, rr_, k0:k1]
-                rr = dres3[n, rr_, k0:k1]
-                for k in range(xr.size):
-                    g = relu_mask(dr[k], yr[k], relu)
-                    if has_dres:
-                        rr[k] = g
-                    gr[k] = grad_epilogue(g, xr[k], hi[k], lo[k], c0[k], c1[k], c2[k], training)
-            elif training:
-                for k in range(xr.size):
-                    gr[k] = dr[k] * c0[k] + ((xr[k] - hi[k]) - lo[k]) * c1[k] + c2[k]
-            else:
-                for k in range(xr.size):
-                    gr[k] = dr[k] * c0[k]
+        block_grad_apply(x3, dy3, coef, n, r0, min(r0 + rows, A), k0, k1, training, dx3, y3,
+                         relu, dres3, has_dres)
 
 
 def blocks(x3):

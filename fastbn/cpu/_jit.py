@@ -47,10 +47,19 @@ exact = jit(cache=True, nogil=True, error_model="numpy")
 
 
 class Driver:
-    """A chunked kernel compiled twice; call ``.parallel`` or ``.serial``."""
+    """A chunked kernel compiled twice; call ``.parallel`` or ``.serial``.
 
-    def __init__(self, fn):
+    ``serial=False`` compiles the parallel version only, for drivers that are
+    called only above ``config.SERIAL_MAX_ELEMENTS`` (half the compile time).
+    """
+
+    def __init__(self, fn, serial: bool = True):
         self.parallel = jit(parallel=True, **config.JIT_OPTIONS)(fn)
+        self.__doc__ = fn.__doc__
+        self.__name__ = fn.__name__
+        self.serial = None
+        if not serial:
+            return
         # A distinct qualname gives the serial twin its own on-disk cache
         # entry (Numba keys cache files by qualname, not by compile flags).
         twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
@@ -59,8 +68,6 @@ class Driver:
         twin.__module__ = fn.__module__
         twin.__doc__ = fn.__doc__
         self.serial = jit(parallel=False, **config.JIT_OPTIONS)(twin)
-        self.__doc__ = fn.__doc__
-        self.__name__ = fn.__name__
 
     def __call__(self, size, *args):
         """Run the serial twin when ``size`` elements are too few for threads.
@@ -70,7 +77,7 @@ class Driver:
         user's setting) and for good when it is ``workqueue``, which aborts
         the process on concurrent launches; ``tbb`` and ``omp`` run freely.
         """
-        if size <= config.SERIAL_MAX_ELEMENTS:
+        if size <= config.SERIAL_MAX_ELEMENTS and self.serial is not None:
             return self.serial(*args)
         if _LAYER["concurrent"]:
             return self.parallel(*args)
@@ -87,3 +94,8 @@ _LAYER = {"concurrent": False}
 
 def driver(fn):
     return Driver(fn)
+
+
+def parallel_driver(fn):
+    """A :class:`Driver` without the serial twin."""
+    return Driver(fn, serial=False)

@@ -66,10 +66,12 @@ fastbn.reference.batch_norm_train, fastbn.reference.batch_norm_backward_train
 """
 
 import numpy as np
+from numba import prange
 
 from .. import config
 from ._columns import (
     block_apply,
+    block_grad_apply,
     block_grad_sums,
     block_moments,
     blocks,
@@ -82,7 +84,7 @@ from ._columns import (
     cols_moments,
     fold_sample,
 )
-from ._jit import worker
+from ._jit import parallel_driver, worker
 from ._moments import (
     finish_stats,
     forward_coef,
@@ -145,9 +147,6 @@ def cols_forward_small(x3, B, weight, bias, eps, coef, y3, res3, has_res, relu, 
     block_apply(x3, 0, 0, A, 0, K, coef, y3, res3, has_res, relu)
 
 
-_cols_grad_apply_serial = cols_grad_apply.serial  # a dispatcher Numba can call
-
-
 @worker
 def cols_backward_small(x3, dy3, B, mean, rstd, weight, training, colmean, s1, s2, sdy, sdxc,
                         coef, dx3, dweight, dbias, y3, relu, dres3, has_dres):
@@ -164,7 +163,25 @@ def cols_backward_small(x3, dy3, B, mean, rstd, weight, training, colmean, s1, s
         sdy[c] = a
         sdxc[c] = t
     backward_coef(mean, rstd, weight, sdy, sdxc, A * B, training, B, coef[:, 0], dweight, dbias)
-    _cols_grad_apply_serial(x3, dy3, coef, A, K, training, dx3, y3, relu, dres3, has_dres)
+    block_grad_apply(x3, dy3, coef, 0, 0, A, 0, K, training, dx3, y3, relu, dres3, has_dres)
+
+
+@parallel_driver
+def cols_forward_fused(x3, weight, bias, eps, width, coef, y3, res3, has_res, relu, mean, m2,
+                       rstd):
+    """Training forward of 2-D and channels-last data (``x3``: (1, A, C), one column
+    per channel) in one parallel call.  A task is a block of ``width`` columns over
+    all rows: its moments, coefficients, then the output pass while the block is
+    still in L2 (one read of x from memory, one write of y)."""
+    A, K = x3.shape[1], x3.shape[2]
+    for t in prange((K + width - 1) // width):
+        k0 = t * width
+        k1 = min(k0 + width, K)
+        block_moments(x3, 0, 0, A, k0, k1, mean[k0:k1], m2[k0:k1])
+        finish_stats(m2[k0:k1], A, eps, rstd[k0:k1])
+        forward_coef(mean[k0:k1], rstd[k0:k1], weight[k0:k1], bias[k0:k1], k1 - k0, 1,
+                     coef[:, 0, k0:k1])
+        block_apply(x3, 0, 0, A, k0, k1, coef, y3, res3, has_res, relu)
 
 
 @worker
@@ -213,6 +230,22 @@ def _fits_fused(x3, arrays):
             and a * b * x3.itemsize * arrays <= config.FUSED_CHANNEL_MAX_BYTES)
 
 
+def _fused_columns(x3, arrays):
+    """Column-block width for the fused column forward, or 0 when it does not apply:
+    one column per channel (``B == 1``), above the serial size, enough blocks for
+    the cores, and a block's ``arrays`` x-sized inputs fit in L2.
+
+    (The backward pass gains nothing from the same fusion: at these sizes it is
+    bound by its float64 accumulation, not by memory; measured on (256, 1024).)"""
+    a, c, b = x3.shape
+    width = max(1, min(config.FUSED_COLUMN_WIDTH, config.COLUMN_BLOCK))
+    if (b != 1 or x3.size <= config.SERIAL_MAX_ELEMENTS
+            or c < config.FUSED_MIN_CHANNELS * width
+            or a * width * x3.itemsize * arrays > config.FUSED_CHANNEL_MAX_BYTES // 2):
+        return 0
+    return width
+
+
 def _columns(x3):
     """``x3`` (A, C, B) as the column kernels' (1, A, C*B), with its block sizes."""
     a, c, b = x3.shape
@@ -259,6 +292,15 @@ def forward_train(x3, weight, bias, eps, y3, res3=None, relu=False):
         has_res = res3 is not None
         rows_forward_fused(x3.size, x3, weight, bias, eps, config.CHUNK_ELEMENTS, coef, y3,
                            mean, m2, rstd, res3 if has_res else x3, has_res, relu)
+        return mean, m2, rstd
+    width = 0 if _uses_rows(x3) else _fused_columns(x3, 1)
+    if width:
+        mean, m2 = np.empty(c), np.empty(c)
+        coef = np.empty((4, 1, c), x3.dtype)
+        has_res = res3 is not None
+        cols_forward_fused(x3.size, x3.reshape(1, a, c), weight, bias, eps, width, coef,
+                           y3.reshape(1, a, c), (res3 if has_res else x3).reshape(1, a, c),
+                           has_res, relu, mean, m2, rstd)
         return mean, m2, rstd
     if not _uses_rows(x3) and x3.size <= config.SERIAL_MAX_ELEMENTS:
         k = c * b
