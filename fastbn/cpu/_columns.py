@@ -200,11 +200,10 @@ def cols_apply(x3, coef, rows, width, y3, res3, has_res, relu):
                     relu)
 
 
-@worker
-def block_grad_sums(x3, dy3, n, r0, r1, k0, k1, mu, s1, s2, y3, relu):
-    """``sum(g)`` and ``sum(g * (x - mu))`` of columns ``k0:k1`` over rows ``r0:r1``,
-    four rows per sweep (see :func:`block_moments`); ``g = dy`` masked by the
-    forward's ReLU when ``relu``."""
+@inline
+def _grad_sums(x3, dy3, n, r0, r1, k0, k1, mu, s1, s2, y3, relu):
+    """The body of :func:`block_grad_sums`; inlined with a constant ``relu`` so each
+    copy of the loops is branch-free (and never loads ``y3`` without ReLU)."""
     s1[:] = 0.0
     s2[:] = 0.0
     r = r0
@@ -217,19 +216,30 @@ def block_grad_sums(x3, dy3, n, r0, r1, k0, k1, mu, s1, s2, y3, relu):
         gb = dy3[n, r + 1, k0:k1]
         gc = dy3[n, r + 2, k0:k1]
         gd = dy3[n, r + 3, k0:k1]
-        ya = y3[n, r, k0:k1]
-        yb = y3[n, r + 1, k0:k1]
-        yc = y3[n, r + 2, k0:k1]
-        yd = y3[n, r + 3, k0:k1]
-        for k in range(xa.size):
-            m = mu[k]
-            a = np.float64(relu_mask(ga[k], ya[k], relu))
-            b = np.float64(relu_mask(gb[k], yb[k], relu))
-            c = np.float64(relu_mask(gc[k], yc[k], relu))
-            d = np.float64(relu_mask(gd[k], yd[k], relu))
-            s1[k] += (a + b) + (c + d)
-            s2[k] += ((a * (np.float64(xa[k]) - m) + b * (np.float64(xb[k]) - m))
-                      + (c * (np.float64(xc[k]) - m) + d * (np.float64(xd[k]) - m)))
+        if relu:
+            ya = y3[n, r, k0:k1]
+            yb = y3[n, r + 1, k0:k1]
+            yc = y3[n, r + 2, k0:k1]
+            yd = y3[n, r + 3, k0:k1]
+            for k in range(xa.size):
+                m = mu[k]
+                a = np.float64(relu_mask(ga[k], ya[k], True))
+                b = np.float64(relu_mask(gb[k], yb[k], True))
+                c = np.float64(relu_mask(gc[k], yc[k], True))
+                d = np.float64(relu_mask(gd[k], yd[k], True))
+                s1[k] += (a + b) + (c + d)
+                s2[k] += ((a * (np.float64(xa[k]) - m) + b * (np.float64(xb[k]) - m))
+                          + (c * (np.float64(xc[k]) - m) + d * (np.float64(xd[k]) - m)))
+        else:
+            for k in range(xa.size):
+                m = mu[k]
+                a = np.float64(ga[k])
+                b = np.float64(gb[k])
+                c = np.float64(gc[k])
+                d = np.float64(gd[k])
+                s1[k] += (a + b) + (c + d)
+                s2[k] += ((a * (np.float64(xa[k]) - m) + b * (np.float64(xb[k]) - m))
+                          + (c * (np.float64(xc[k]) - m) + d * (np.float64(xd[k]) - m)))
         r += 4
     while r < r1:
         xr = x3[n, r, k0:k1]
@@ -240,6 +250,17 @@ def block_grad_sums(x3, dy3, n, r0, r1, k0, k1, mu, s1, s2, y3, relu):
             s1[k] += g
             s2[k] += g * (np.float64(xr[k]) - mu[k])
         r += 1
+
+
+@worker
+def block_grad_sums(x3, dy3, n, r0, r1, k0, k1, mu, s1, s2, y3, relu):
+    """``sum(g)`` and ``sum(g * (x - mu))`` of columns ``k0:k1`` over rows ``r0:r1``,
+    four rows per sweep (see :func:`block_moments`); ``g = dy`` masked by the
+    forward's ReLU when ``relu``."""
+    if relu:
+        _grad_sums(x3, dy3, n, r0, r1, k0, k1, mu, s1, s2, y3, True)
+    else:
+        _grad_sums(x3, dy3, n, r0, r1, k0, k1, mu, s1, s2, y3, False)
 
 
 @driver
