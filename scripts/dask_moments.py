@@ -1,6 +1,6 @@
 """Throughput of fastbn.dask.moments against fastbn.moments in memory.
 
-    python benchmarks/dask_moments.py [--samples N]
+    python scripts/dask_moments.py [--samples N]
 
 (N, 64, 56, 56) float32, chunks of 16 samples: in memory as a NumPy array
 (``fastbn.moments``), as a Dask array over that NumPy array, and as a Dask
