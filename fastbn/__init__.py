@@ -4,9 +4,14 @@ Batch, layer, RMS, group and instance normalization on the CPU with Numba
 and on NVIDIA GPUs with numba-cuda; plain NumPy arrays in and out (device
 arrays on the GPU).  Stateful layers and a small network toolkit are in
 ``fastbn.nn``; the tutorial's experiments in ``fastbn.experiments``.
-``fastbn.reference`` holds the NumPy oracles every kernel is tested against.
-Importing fastbn never imports CUDA.
+``fastbn.reference`` holds the NumPy oracles every kernel is tested against,
+``fastbn.formula`` the NumPy formulas the benchmarks compare with.
+``fastbn.distributed`` (MPI) and ``fastbn.dask`` reach past one machine; they
+load on first use, as do ``fastbn.nn`` and ``fastbn.experiments``.
+Importing fastbn never imports CUDA, MPI or Dask.
 """
+
+import importlib
 
 from . import config, reference
 from .functional import (
@@ -44,3 +49,12 @@ __all__ = [
     "config",
     "reference",
 ]
+
+#: Submodules loaded on first attribute access (``fastbn.distributed.moments``).
+_LAZY = ("distributed", "dask", "formula", "nn", "experiments")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'fastbn' has no attribute {name!r}")

@@ -44,3 +44,12 @@ def test_missing_numba_cuda_says_what_to_install(monkeypatch):
 def test_device_weight_with_host_x_is_a_type_error():
     with pytest.raises(TypeError, match="same device"):
         fastbn.batch_norm(np.ones((4, 3), np.float32), _FakeDeviceArray())
+
+
+def test_import_fastbn_loads_no_mpi_or_dask_and_submodules_load_on_use():
+    code = ("import sys, fastbn; print('mpi4py' in sys.modules, 'dask' in sys.modules); "
+            "fastbn.distributed.sync_batch_norm; fastbn.dask.moments; fastbn.formula; "
+            "print('mpi4py' in sys.modules, 'dask' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "False", "False", "False"]
