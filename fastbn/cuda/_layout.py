@@ -13,7 +13,7 @@ Nothing goes through the host.
 
 See Also
 --------
-fastbn.cuda._checks.target, fastbn.cuda._checks.finish, fastbn.cuda._half.up
+fastbn._checks.result_buffer, fastbn._checks.deliver, fastbn.cuda._arrays
 """
 
 import math
