@@ -121,7 +121,10 @@ def _fast_axis(axis, ndim):
 def _fast_running(rm, rv, c, x, weight, bias, training, momentum) -> bool:
     """Running statistics the fast path can use: both None (training only), or both
     contiguous float32/float64 (C,) arrays, writeable and apart from everything in
-    training."""
+    training; and a float momentum in [0, 1] (anything else takes the general path,
+    which validates it)."""
+    if type(momentum) is not float or not 0.0 <= momentum <= 1.0:
+        return False
     if rm is None and rv is None:
         return training
     shape = (c,)
@@ -130,10 +133,9 @@ def _fast_running(rm, rv, c, x, weight, bias, training, momentum) -> bool:
         return False
     if not training:
         return True
-    return (type(momentum) is float and 0.0 <= momentum <= 1.0 and rm.flags.writeable
-            and rv.flags.writeable and not any(
-                np.may_share_memory(s, o) for s in (rm, rv)
-                for o in (x, weight, bias, rv if s is rm else None) if o is not None))
+    return rm.flags.writeable and rv.flags.writeable and not any(
+        np.may_share_memory(s, o) for s in (rm, rv)
+        for o in (x, weight, bias, rv if s is rm else None) if o is not None)
 
 
 def _fast_batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps,
@@ -151,6 +153,16 @@ def _fast_batch_norm(x, weight, bias, running_mean, running_var, training, momen
         return None
     x3 = x.reshape(m // (b := math.prod(shape[ax + 1:])), c, b)
     y3 = np.empty_like(x3)
+    if training and _cpu_bn.small_columns(x3):
+        sdtype = _checks.stats_dtype(x.dtype)
+        mean, rstd = np.empty(c, sdtype), np.empty(c, sdtype)
+        skipped = _cpu_bn.train_small(
+            x3, _cpu_elementwise(None, c, 1.0, x.dtype) if weight is None else weight,
+            _cpu_elementwise(None, c, 0.0, x.dtype) if bias is None else bias, eps, momentum,
+            y3, mean, rstd, running_mean, running_var)
+        if skipped:
+            _checks.warn_skipped_update(skipped, c)
+        return y3.reshape(shape), mean, rstd
     w = _cpu_param(weight, c, 1.0, None)
     bk = _cpu_param(bias, c, 0.0, None)
     sdtype = _checks.stats_dtype(x.dtype)

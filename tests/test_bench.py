@@ -21,6 +21,7 @@ def small_grid(monkeypatch):
         return [c for c in cases if c.nbytes < (1 << 20)]
 
     monkeypatch.setattr(bench, "grid", grid)
+    monkeypatch.setattr(bench, "precompile", lambda quick, ops: [])
     monkeypatch.setattr(bench, "BandwidthProbe", lambda mb: _Probe())
 
 

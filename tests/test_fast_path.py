@@ -72,6 +72,39 @@ def test_batch_norm(monkeypatch, shape_axis, dtype, affine, training):
     _same(fast, general)
 
 
+@pytest.mark.parametrize("shape_axis", [((32, 8), 1), ((4, 3, 5, 6), -1)])
+@pytest.mark.parametrize("variant", ["no running", "float64 running", "nan channel"])
+def test_batch_norm_small_training(monkeypatch, shape_axis, variant):
+    """The one-call small training forward: without running statistics, with
+    running statistics of another dtype, and with a channel that skips its update."""
+    shape, axis = shape_axis
+    rng = np.random.default_rng(2)
+    x = rng.normal(3, 2, shape).astype(np.float32)
+    c = shape[axis]
+    if variant == "nan channel":
+        np.moveaxis(x, axis, 0)[1].flat[3] = np.nan
+    stats = []
+
+    def call():
+        if variant == "no running":
+            return F.batch_norm(x, axis=axis)
+        sdtype = np.float64 if variant == "float64 running" else np.float32
+        rm, rv = np.linspace(-1, 1, c).astype(sdtype), np.linspace(0.5, 2, c).astype(sdtype)
+        stats.append((rm, rv))
+        if variant == "nan channel":
+            with pytest.warns(RuntimeWarning, match="1 of"):
+                return F.batch_norm(x, None, None, rm, rv, axis=axis)
+        return F.batch_norm(x, None, None, rm, rv, axis=axis)
+
+    fast, general, took = _both(monkeypatch, call)
+    assert took
+    _same(fast, general)
+    if stats:
+        _same(*stats)
+    if variant == "nan channel":
+        assert stats[0][0][1] == np.linspace(-1, 1, c).astype(np.float32)[1]
+
+
 @pytest.mark.parametrize("shape", [(8, 768), (3, 4, 20), (2, 5000)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("center", [True, False])

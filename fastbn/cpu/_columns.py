@@ -164,7 +164,8 @@ def cols_moments(x3, rows, width, pmean, pm2):
     N, A, K = x3.shape
     nrb = pmean.shape[1]
     ncb = (K + width - 1) // width
-    for t in prange(N * nrb * ncb):
+    for t_ in prange(N * nrb * ncb):
+        t = np.int64(t_)  # one callee specialization (fastbn.cpu._jit)
         n, rb, k0, k1 = _task(t, nrb, ncb, width, K)
         block_moments(x3, n, rb * rows, min(rb * rows + rows, A), k0, k1, pmean[n, rb, k0:k1],
                       pm2[n, rb, k0:k1])
@@ -175,7 +176,8 @@ def cols_merge(pmean, pm2, A, rows, width):
     """Merge each sample's row blocks into block 0 (:func:`tree_merge`), by column blocks."""
     N, _, K = pmean.shape
     ncb = (K + width - 1) // width
-    for t in prange(N * ncb):
+    for t_ in prange(N * ncb):
+        t = np.int64(t_)  # one callee specialization (fastbn.cpu._jit)
         n = t // ncb
         k0 = (t % ncb) * width
         tree_merge(pmean[n], pm2[n], A, rows, k0, min(k0 + width, K))
@@ -194,7 +196,8 @@ def cols_apply(x3, coef, rows, width, y3, res3, has_res, relu):
     N, A, K = x3.shape
     nrb = (A + rows - 1) // rows
     ncb = (K + width - 1) // width
-    for t in prange(N * nrb * ncb):
+    for t_ in prange(N * nrb * ncb):
+        t = np.int64(t_)  # one callee specialization (fastbn.cpu._jit)
         n, rb, k0, k1 = _task(t, nrb, ncb, width, K)
         block_apply(x3, n, rb * rows, min(rb * rows + rows, A), k0, k1, coef, y3, res3, has_res,
                     relu)
@@ -273,7 +276,8 @@ def cols_grad_sums(x3, dy3, colmean, rows, width, psdy, psdxc, y3, relu):
     N, A, K = x3.shape
     nrb = psdy.shape[1]
     ncb = (K + width - 1) // width
-    for t in prange(N * nrb * ncb):
+    for t_ in prange(N * nrb * ncb):
+        t = np.int64(t_)  # one callee specialization (fastbn.cpu._jit)
         n, rb, k0, k1 = _task(t, nrb, ncb, width, K)
         block_grad_sums(x3, dy3, n, rb * rows, min(rb * rows + rows, A), k0, k1,
                         colmean[n, k0:k1], psdy[n, rb, k0:k1], psdxc[n, rb, k0:k1], y3, relu)
@@ -362,7 +366,8 @@ def cols_grad_apply(x3, dy3, coef, rows, width, training, dx3, y3, relu, dres3, 
     N, A, K = x3.shape
     nrb = (A + rows - 1) // rows
     ncb = (K + width - 1) // width
-    for t in prange(N * nrb * ncb):
+    for t_ in prange(N * nrb * ncb):
+        t = np.int64(t_)  # one callee specialization (fastbn.cpu._jit)
         n, rb, k0, k1 = _task(t, nrb, ncb, width, K)
         r0 = rb * rows
         block_grad_apply(x3, dy3, coef, n, r0, min(r0 + rows, A), k0, k1, training, dx3, y3,

@@ -6,6 +6,14 @@ a chunked driver twice from one source: a ``parallel=True`` version whose
 is then plain ``range``) for inputs too small to pay for waking threads.
 Both produce identical results: chunking never depends on the thread count.
 
+Compile time is paid per distinct signature of every worker, so the call
+sites keep argument types uniform: a ``prange`` index is uint64 in the
+parallel build and int64 in the serial one, so each loop converts it with
+``np.int64`` before passing it on; a literal argument (``0``, ``False``) is a
+``Literal`` type of its own, so call sites pass ``np.int64(0)`` where the value is
+only an index; and arrays are passed C-contiguous where a slice would be
+typed ``'A'``.  A literal flag is kept where it lets a loop drop a branch.
+
 ``cache=True`` here means fastbn's compile cache (:mod:`fastbn._cache`): a
 per-user directory keyed by fastbn's version and kernel sources, never the
 package directory.

@@ -121,7 +121,7 @@ def forward_coef(mean, rstd, weight, bias, G, B, coef):
     """``coef`` (4, N*C*B) for every sample: :func:`sample_forward_coef` over all channels."""
     C = weight.shape[0]
     for n in range(coef.shape[1] // (C * B)):
-        sample_forward_coef(n, 0, C, mean, rstd, weight, bias, G, B, coef)
+        sample_forward_coef(n, np.int64(0), C, mean, rstd, weight, bias, G, B, coef)
 
 
 @inline

@@ -155,7 +155,7 @@ def chunk_grad_apply(x3, dy3, dx3, coef, c, v0, v1, training, y3, relu, dres3, h
 def channel_moments(x3, c, chunk):
     """(mean, m2) of channel ``c``: chunk moments merged in chunk order."""
     total = x3.shape[0] * x3.shape[2]
-    n = 0
+    n = np.int64(0)
     mean = 0.0
     m2 = 0.0
     for v0 in range(0, total, chunk):
@@ -197,14 +197,15 @@ def rows_forward_fused(
     """Training forward, one channel per task: statistics, then y from cache."""
     C = x3.shape[1]
     total = x3.shape[0] * x3.shape[2]
-    for c in prange(C):
+    for c_ in prange(C):
+        c = np.int64(c_)  # one callee specialization (fastbn.cpu._jit)
         mu, s = channel_moments(x3, c, chunk)
         r = rstd_from_m2(s, total, eps)
         mean[c] = mu
         m2[c] = s
         rstd[c] = r
         set_forward_coef(coef, c, mu, r, weight[c], bias[c])
-        chunk_apply(x3, y3, coef, c, 0, total, res3, has_res, relu)
+        chunk_apply(x3, y3, coef, c, np.int64(0), total, res3, has_res, relu)
 
 
 @driver
@@ -213,7 +214,8 @@ def rows_moments(x3, chunk, pmean, pm2):
     C = x3.shape[1]
     total = x3.shape[0] * x3.shape[2]
     nch = pmean.shape[1]
-    for t in prange(C * nch):
+    for t_ in prange(C * nch):
+        t = np.int64(t_)  # one callee specialization (fastbn.cpu._jit)
         c = t // nch
         v0 = (t - c * nch) * chunk
         pmean[c, t - c * nch], pm2[c, t - c * nch] = chunk_moments(
@@ -225,7 +227,7 @@ def rows_merge(pmean, pm2, total, chunk, mean, m2):
     """Merge per-chunk moments per channel in chunk order (same order as fused)."""
     C, nch = pmean.shape
     for c in range(C):
-        n = 0
+        n = np.int64(0)
         mu = 0.0
         s = 0.0
         for j in range(nch):
@@ -241,7 +243,8 @@ def rows_apply(x3, coef, chunk, y3, res3, has_res, relu):
     C = x3.shape[1]
     total = x3.shape[0] * x3.shape[2]
     nch = (total + chunk - 1) // chunk
-    for t in prange(C * nch):
+    for t_ in prange(C * nch):
+        t = np.int64(t_)  # one callee specialization (fastbn.cpu._jit)
         c = t // nch
         v0 = (t - c * nch) * chunk
         chunk_apply(x3, y3, coef, c, v0, min(v0 + chunk, total), res3, has_res, relu)
@@ -268,13 +271,15 @@ def rows_backward_fused(
     """Backward, one channel per task: both sums, then dx with x and dy from cache."""
     C = x3.shape[1]
     total = x3.shape[0] * x3.shape[2]
-    for c in prange(C):
+    for c_ in prange(C):
+        c = np.int64(c_)  # one callee specialization (fastbn.cpu._jit)
         sdy, sdxc = channel_grad_sums(x3, dy3, c, chunk, mean[c], y3, relu)
         dbias[c] = sdy
         dweight[c] = sdxc * rstd[c]
         k0, k1, k2 = grad_coef(mean[c], rstd[c], weight[c], sdy, sdxc, total, training)
         set_backward_coef(coef, c, mean[c], k0, k1, k2)
-        chunk_grad_apply(x3, dy3, dx3, coef, c, 0, total, training, y3, relu, dres3, has_dres)
+        chunk_grad_apply(x3, dy3, dx3, coef, c, np.int64(0), total, training, y3, relu, dres3,
+                         has_dres)
 
 
 @driver
@@ -288,7 +293,8 @@ def rows_grad_sums(x3, dy3, mean, chunk, psdy, psdxc, y3, relu):
     C = x3.shape[1]
     total = x3.shape[0] * x3.shape[2]
     nch = psdy.shape[0]
-    for t in prange(C * nch):
+    for t_ in prange(C * nch):
+        t = np.int64(t_)  # one callee specialization (fastbn.cpu._jit)
         c = t // nch
         j = t - c * nch
         v0 = j * chunk
@@ -302,7 +308,8 @@ def rows_grad_apply(x3, dy3, coef, chunk, training, dx3, y3, relu, dres3, has_dr
     C = x3.shape[1]
     total = x3.shape[0] * x3.shape[2]
     nch = (total + chunk - 1) // chunk
-    for t in prange(C * nch):
+    for t_ in prange(C * nch):
+        t = np.int64(t_)  # one callee specialization (fastbn.cpu._jit)
         c = t // nch
         v0 = (t - c * nch) * chunk
         chunk_grad_apply(x3, dy3, dx3, coef, c, v0, min(v0 + chunk, total), training, y3, relu,

@@ -84,11 +84,12 @@ from ._columns import (
     cols_moments,
     fold_sample,
 )
-from ._jit import parallel_driver, worker
+from ._jit import exact, parallel_driver, worker
 from ._moments import (
     finish_stats,
     forward_coef,
     grad_coef,
+    sample_forward_coef,
     set_backward_coef,
     set_forward_coef,
 )
@@ -140,11 +141,44 @@ def cols_forward_small(x3, B, weight, bias, eps, coef, y3, res3, has_res, relu, 
     general path, which dominate a (32, 256) batch.
     """
     A, K = x3.shape[1], x3.shape[2]
-    block_moments(x3, 0, 0, A, 0, K, s1, s2)
+    zero = np.int64(0)  # a typed index, not a Literal (fastbn.cpu._jit)
+    block_moments(x3, zero, zero, A, zero, K, s1, s2)
     fold_sample(s1, s2, A, B, mean, m2)
     finish_stats(m2, A * B, eps, rstd)
-    forward_coef(mean, rstd, weight, bias, mean.shape[0], B, coef[:, 0])
-    block_apply(x3, 0, 0, A, 0, K, coef, y3, res3, has_res, relu)
+    forward_coef(mean, rstd, weight, bias, mean.shape[0], B, coef.reshape((coef.shape[0], K)))
+    block_apply(x3, zero, zero, A, zero, K, coef, y3, res3, has_res, relu)
+
+
+@worker
+def cols_train_small(x3, B, weight, bias, eps, momentum, coef, y3, work, mean_out, rstd_out,
+                     running_mean, running_var, has_running):
+    """A plain small training forward in one serial call, running statistics included.
+
+    :func:`cols_forward_small` without residual or ReLU, parameters in x's
+    dtype (no float64 copies), the statistics written in the caller's dtype
+    and the running update of :func:`_update_running` in the same call.
+    ``work``: float64 scratch of ``2*K + 3*C``.  Returns the channels whose
+    running statistics were skipped (not finite).
+    """
+    A, K = x3.shape[1], x3.shape[2]
+    C = K // B
+    zero = np.int64(0)
+    s1 = work[:K]
+    s2 = work[K:2 * K]
+    mean = work[2 * K:2 * K + C]
+    m2 = work[2 * K + C:2 * K + 2 * C]
+    rstd = work[2 * K + 2 * C:2 * K + 3 * C]
+    block_moments(x3, zero, zero, A, zero, K, s1, s2)
+    fold_sample(s1, s2, A, B, mean, m2)
+    finish_stats(m2, A * B, eps, rstd)
+    forward_coef(mean, rstd, weight, bias, C, B, coef.reshape((coef.shape[0], K)))
+    block_apply(x3, zero, zero, A, zero, K, coef, y3, y3, False, False)
+    for c in range(C):
+        mean_out[c] = mean[c]
+        rstd_out[c] = rstd[c]
+    if has_running:
+        return _update_running(running_mean, running_var, mean, m2, A * B, momentum)
+    return 0
 
 
 @worker
@@ -153,7 +187,8 @@ def cols_backward_small(x3, dy3, B, mean, rstd, weight, training, colmean, s1, s
     """The whole column-kernel backward for a small input in one serial call: both
     sums over all rows (one block), per-channel coefficients, then dx from cache."""
     A, K = x3.shape[1], x3.shape[2]
-    block_grad_sums(x3, dy3, 0, 0, A, 0, K, colmean, s1, s2, y3, relu)
+    zero = np.int64(0)
+    block_grad_sums(x3, dy3, zero, zero, A, zero, K, colmean, s1, s2, y3, relu)
     for c in range(sdy.shape[0]):
         a = 0.0
         t = 0.0
@@ -162,8 +197,10 @@ def cols_backward_small(x3, dy3, B, mean, rstd, weight, training, colmean, s1, s
             t += s2[c * B + b]
         sdy[c] = a
         sdxc[c] = t
-    backward_coef(mean, rstd, weight, sdy, sdxc, A * B, training, B, coef[:, 0], dweight, dbias)
-    block_grad_apply(x3, dy3, coef, 0, 0, A, 0, K, training, dx3, y3, relu, dres3, has_dres)
+    backward_coef(mean, rstd, weight, sdy, sdxc, A * B, training, B,
+                  coef.reshape((coef.shape[0], K)), dweight, dbias)
+    block_grad_apply(x3, dy3, coef, zero, zero, A, zero, K, training, dx3, y3, relu, dres3,
+                     has_dres)
 
 
 @parallel_driver
@@ -174,19 +211,24 @@ def cols_forward_fused(x3, weight, bias, eps, width, coef, y3, res3, has_res, re
     all rows: its moments, coefficients, then the output pass while the block is
     still in L2 (one read of x from memory, one write of y)."""
     A, K = x3.shape[1], x3.shape[2]
-    for t in prange((K + width - 1) // width):
+    zero = np.int64(0)
+    coef2 = coef.reshape((coef.shape[0], K))
+    for t_ in prange((K + width - 1) // width):
+        t = np.int64(t_)  # one callee specialization (fastbn.cpu._jit)
         k0 = t * width
         k1 = min(k0 + width, K)
-        block_moments(x3, 0, 0, A, k0, k1, mean[k0:k1], m2[k0:k1])
+        block_moments(x3, zero, zero, A, k0, k1, mean[k0:k1], m2[k0:k1])
         finish_stats(m2[k0:k1], A, eps, rstd[k0:k1])
-        forward_coef(mean[k0:k1], rstd[k0:k1], weight[k0:k1], bias[k0:k1], k1 - k0, 1,
-                     coef[:, 0, k0:k1])
-        block_apply(x3, 0, 0, A, k0, k1, coef, y3, res3, has_res, relu)
+        sample_forward_coef(zero, k0, k1, mean, rstd, weight, bias, K, np.int64(1), coef2)
+        block_apply(x3, zero, zero, A, k0, k1, coef, y3, res3, has_res, relu)
 
 
-@worker
+@exact
 def _update_running(running_mean, running_var, mean, m2, m, momentum):
     """PyTorch's rule with the unbiased variance ``m2 / (m - 1)``, in place.
+
+    Plain IEEE arithmetic (no contraction into fused multiply-adds), so the
+    result is the same bits whether called alone or inside :func:`cols_train_small`.
 
     A channel whose batch statistics are not finite keeps its running values;
     returns how many channels were skipped so (the caller warns).
@@ -316,6 +358,27 @@ def forward_train(x3, weight, bias, eps, y3, res3=None, relu=False):
     finish_stats(m2, m, eps, rstd)
     forward_apply(x3, mean, rstd, weight, bias, y3, res3, relu)
     return mean, m2, rstd
+
+
+def small_columns(x3) -> bool:
+    """Whether :func:`train_small` takes ``x3``: the column layout below the serial size."""
+    return not _uses_rows(x3) and x3.size <= config.SERIAL_MAX_ELEMENTS
+
+
+def train_small(x3, weight, bias, eps, momentum, y3, mean, rstd, running_mean=None,
+                running_var=None):
+    """Plain training forward of a small column-layout ``x3`` (:func:`small_columns`) in
+    one compiled call: ``y3``, ``mean`` and ``rstd`` (in their own dtype) filled, the
+    running statistics (both or neither) updated; returns the channels skipped.
+    ``weight``/``bias``: contiguous, in x's dtype."""
+    a, c, b = x3.shape
+    k = c * b
+    xc = x3.reshape(1, a, k)
+    has_running = running_mean is not None
+    return cols_train_small(xc, b, weight, bias, eps, momentum, np.empty((4, 1, k), x3.dtype),
+                            y3.reshape(xc.shape), np.empty(2 * k + 3 * c), mean, rstd,
+                            running_mean if has_running else mean,
+                            running_var if has_running else rstd, has_running)
 
 
 def inference(x3, running_mean, running_var, eps, weight, bias, y3, mean, rstd, res3=None,

@@ -117,7 +117,8 @@ def first_forward_fused(
     S = xc.shape[2]
     cg = xg.shape[2] // S
     G = C // cg
-    for ng in prange(NG):
+    for ng_ in prange(NG):
+        ng = np.int64(ng_)  # one callee specialization (fastbn.cpu._jit)
         mu, s = channel_moments(xg, ng, chunk)
         r = rstd_from_m2(s, cg * S, eps)
         mean[ng] = mu
@@ -125,7 +126,7 @@ def first_forward_fused(
         n = ng // G
         for ci in range((ng % G) * cg, (ng % G) * cg + cg):
             set_forward_coef(coef, n * C + ci, mu, r, weight[ci], bias[ci])
-            chunk_apply(xc, yc, coef, n * C + ci, 0, S, xc, False, False)
+            chunk_apply(xc, yc, coef, n * C + ci, np.int64(0), S, xc, False, False)
 
 
 @driver
@@ -146,7 +147,8 @@ def first_backward_fused(
     C = weight.shape[0]
     S = xc.shape[2]
     cg = C // G
-    for ng in prange(xc.shape[1] // cg):
+    for ng_ in prange(xc.shape[1] // cg):
+        ng = np.int64(ng_)  # one callee specialization (fastbn.cpu._jit)
         n = ng // G
         g = ng % G
         mu = mean[ng]
@@ -157,7 +159,8 @@ def first_backward_fused(
         c1, c2 = _group_coef(n * C, g, cg, weight, sdy, sdxc, r, cg * S)
         for ci in range(g * cg, g * cg + cg):
             set_backward_coef(coef, n * C + ci, mu, weight[ci] * r, -r * r * c1, -r * c2)
-            chunk_grad_apply(xc, dyc, dxc, coef, n * C + ci, 0, S, True, xc, False, xc, False)
+            chunk_grad_apply(xc, dyc, dxc, coef, n * C + ci, np.int64(0), S, True, xc, False, xc,
+                             False)
 
 
 # ---------------------------------------------------------------------------
@@ -188,7 +191,8 @@ def last_forward_fused(
     cg = C // G
     nblk = (G + gpb - 1) // gpb
     coef3 = coef.reshape(4, N, C)
-    for t in prange(N * nblk):
+    for t_ in prange(N * nblk):
+        t = np.int64(t_)  # one callee specialization (fastbn.cpu._jit)
         n = t // nblk
         g0 = (t % nblk) * gpb
         g1 = min(g0 + gpb, G)
@@ -202,8 +206,8 @@ def last_forward_fused(
                     gm2[n * G + g0:n * G + g1])
         for g in range(n * G + g0, n * G + g1):
             rstd[g] = rstd_from_m2(gm2[g], cg * S, eps)
-        sample_forward_coef(n, k0, k1, mean, rstd, weight, bias, G, 1, coef)
-        block_apply(x3, n, 0, S, k0, k1, coef3, y3, x3, False, False)
+        sample_forward_coef(n, k0, k1, mean, rstd, weight, bias, G, np.int64(1), coef)
+        block_apply(x3, n, np.int64(0), S, k0, k1, coef3, y3, x3, False, False)
 
 
 def _groups_per_task(n, s, c, G, itemsize):

@@ -179,9 +179,10 @@ def short_forward(
 ):
     """Forward, blocks of whole rows: statistics, then y while the row is in L1."""
     R, D = x3.shape[1], x3.shape[2]
-    for t in prange((R + rows - 1) // rows):
+    for t_ in prange((R + rows - 1) // rows):
+        t = np.int64(t_)  # one callee specialization (fastbn.cpu._jit)
         for r in range(t * rows, min(t * rows + rows, R)):
-            mu, m2 = chunk_moments(x3, r, 0, D)
+            mu, m2 = chunk_moments(x3, r, np.int64(0), D)
             rs = _row_rstd(mu, m2, D, eps, center)
             mean[r] = mu
             rstd[r] = rs
@@ -208,7 +209,8 @@ def short_backward(
     A task's rows (x and dy) stay in L2 between the two passes.
     """
     R, D = x3.shape[1], x3.shape[2]
-    for t in prange(pdw.shape[0]):
+    for t_ in prange(pdw.shape[0]):
+        t = np.int64(t_)  # one callee specialization (fastbn.cpu._jit)
         pw = pdw[t]
         pb = pdb[t]
         pw[:] = 0.0
@@ -236,7 +238,8 @@ def short_backward(
 def sum_partials(p, width, out):
     """``out[d] = sum over t of p[t, d]``, in t order, parallel over column blocks."""
     T, D = p.shape
-    for cb in prange((D + width - 1) // width):
+    for cb_ in prange((D + width - 1) // width):
+        cb = np.int64(cb_)  # one callee specialization (fastbn.cpu._jit)
         d0 = cb * width
         acc = out[d0:min(d0 + width, D)]
         acc[:] = 0.0
@@ -263,7 +266,8 @@ def finish_rows(mean, m2, d, eps, center, coef, rstd):
 def long_apply(x3, coef, weight, bias, width, y3):
     """Forward output pass: tasks are column blocks, each over every row."""
     R, D = x3.shape[1], x3.shape[2]
-    for cb in prange((D + width - 1) // width):
+    for cb_ in prange((D + width - 1) // width):
+        cb = np.int64(cb_)  # one callee specialization (fastbn.cpu._jit)
         d0 = cb * width
         d1 = min(d0 + width, D)
         for r in range(R):
@@ -276,7 +280,8 @@ def long_grad_sums(x3, dy3, mean, weight, chunk, psa, pss):
     """Per (chunk, row) ``sum(dy * w)`` and ``sum(dy * w * (x - mu))`` into (chunks, R)."""
     R, D = x3.shape[1], x3.shape[2]
     nch = psa.shape[0]
-    for t in prange(R * nch):
+    for t_ in prange(R * nch):
+        t = np.int64(t_)  # one callee specialization (fastbn.cpu._jit)
         r = t // nch
         j = t - r * nch
         v0 = j * chunk
@@ -295,7 +300,8 @@ def long_grad_coef(mean, rstd, sa, ss, d, center, coef):
 def long_grad_apply(x3, dy3, coef, weight, width, dx3, dweight, dbias):
     """dx over column blocks of every row; dweight/dbias summed over rows in order."""
     R, D = x3.shape[1], x3.shape[2]
-    for cb in prange((D + width - 1) // width):
+    for cb_ in prange((D + width - 1) // width):
+        cb = np.int64(cb_)  # one callee specialization (fastbn.cpu._jit)
         d0 = cb * width
         d1 = min(d0 + width, D)
         pw = dweight[d0:d1]
