@@ -153,23 +153,23 @@ def _fast_batch_norm(x, weight, bias, running_mean, running_var, training, momen
         return None
     x3 = x.reshape(m // (b := math.prod(shape[ax + 1:])), c, b)
     y3 = np.empty_like(x3)
-    if training and _cpu_bn.small_columns(x3):
-        sdtype = _checks.stats_dtype(x.dtype)
+    sdtype = _checks.stats_dtype(x.dtype)
+    small = training and _cpu_bn.small_columns(x3)
+    if small or not training:
+        # parameters in x's dtype, uncopied: the kernels widen them exactly
+        w = _cpu_elementwise(None, c, 1.0, x.dtype) if weight is None else weight
+        bk = _cpu_elementwise(None, c, 0.0, x.dtype) if bias is None else bias
         mean, rstd = np.empty(c, sdtype), np.empty(c, sdtype)
-        skipped = _cpu_bn.train_small(
-            x3, _cpu_elementwise(None, c, 1.0, x.dtype) if weight is None else weight,
-            _cpu_elementwise(None, c, 0.0, x.dtype) if bias is None else bias, eps, momentum,
-            y3, mean, rstd, running_mean, running_var)
+        if not training:
+            _cpu_bn.inference(x3, running_mean, running_var, eps, w, bk, y3, mean, rstd)
+            return y3.reshape(shape), mean, rstd
+        skipped = _cpu_bn.train_small(x3, w, bk, eps, momentum, y3, mean, rstd, running_mean,
+                                      running_var)
         if skipped:
             _checks.warn_skipped_update(skipped, c)
         return y3.reshape(shape), mean, rstd
     w = _cpu_param(weight, c, 1.0, None)
     bk = _cpu_param(bias, c, 0.0, None)
-    sdtype = _checks.stats_dtype(x.dtype)
-    if not training:
-        mean, rstd = np.empty(c, sdtype), np.empty(c, sdtype)
-        _cpu_bn.inference(x3, running_mean, running_var, eps, w, bk, y3, mean, rstd)
-        return y3.reshape(shape), mean, rstd
     mean, m2, rstd = _cpu_bn.forward_train(x3, w, bk, eps, y3)
     if running_mean is not None:
         _update_running(running_mean, running_var, mean, m2, m, momentum, _CPU)
@@ -190,6 +190,14 @@ def _fast_batch_norm_backward(dy, x, mean, rstd, weight, training, axis):
     b = math.prod(shape[ax + 1:])
     x3 = x.reshape(x.size // (c * b), c, b)
     dx3 = np.empty_like(x3)
+    if _cpu_bn.small_columns(x3):
+        sdtype = _checks.stats_dtype(x.dtype)
+        dweight, dbias = np.empty(c, sdtype), np.empty(c, sdtype)
+        _cpu_bn.backward_small(
+            dy.reshape(x3.shape), x3, mean, rstd,
+            _cpu_elementwise(None, c, 1.0, x.dtype) if weight is None else weight,
+            bool(training), dx3, dweight, dbias)
+        return dx3.reshape(shape), dweight, dbias
     dweight, dbias = _cpu_bn.backward(dy.reshape(x3.shape), x3, _cpu_param(mean, c, None, None),
                                       _cpu_param(rstd, c, None, None),
                                       _cpu_param(weight, c, 1.0, None), bool(training), dx3)

@@ -150,6 +150,18 @@ def cols_forward_small(x3, B, weight, bias, eps, coef, y3, res3, has_res, relu, 
 
 
 @worker
+def cols_inference_small(x3, B, running_mean, running_var, eps, weight, bias, coef, y3, res3,
+                         has_res, relu, mean, rstd):
+    """Inference of a small column-layout input in one serial call: the coefficients
+    from the running statistics (:func:`running_coef`), then the output pass."""
+    K = x3.shape[2]
+    running_coef(running_mean, running_var, eps, weight, bias, B,
+                 coef.reshape((coef.shape[0], K)), mean, rstd)
+    zero = np.int64(0)
+    block_apply(x3, zero, zero, x3.shape[1], zero, K, coef, y3, res3, has_res, relu)
+
+
+@worker
 def cols_train_small(x3, B, weight, bias, eps, momentum, coef, y3, work, mean_out, rstd_out,
                      running_mean, running_var, has_running):
     """A plain small training forward in one serial call, running statistics included.
@@ -182,14 +194,39 @@ def cols_train_small(x3, B, weight, bias, eps, momentum, coef, y3, work, mean_ou
 
 
 @worker
-def cols_backward_small(x3, dy3, B, mean, rstd, weight, training, colmean, s1, s2, sdy, sdxc,
-                        coef, dx3, dweight, dbias, y3, relu, dres3, has_dres):
+def cols_backward_small(x3, dy3, B, mean, rstd, weight, training, coef, dx3, y3, relu, dres3,
+                        has_dres, work, dweight, dbias):
     """The whole column-kernel backward for a small input in one serial call: both
-    sums over all rows (one block), per-channel coefficients, then dx from cache."""
+    sums over all rows (one block), per-channel coefficients, then dx from cache.
+
+    ``mean``, ``rstd``, ``weight`` and the outputs ``dweight``/``dbias`` may be
+    of any float dtype (the fast path passes the caller's): the statistics and
+    weight are read into float64 first and the gradients made in float64, so
+    the bits are those of float64 inputs.  ``work``: float64 scratch of
+    ``3*K + 7*C``.
+    """
     A, K = x3.shape[1], x3.shape[2]
+    C = K // B
+    colmean = work[:K]
+    s1 = work[K:2 * K]
+    s2 = work[2 * K:3 * K]
+    o = 3 * K
+    mean64 = work[o:o + C]
+    rstd64 = work[o + C:o + 2 * C]
+    w64 = work[o + 2 * C:o + 3 * C]
+    sdy = work[o + 3 * C:o + 4 * C]
+    sdxc = work[o + 4 * C:o + 5 * C]
+    dw64 = work[o + 5 * C:o + 6 * C]
+    db64 = work[o + 6 * C:o + 7 * C]
+    for c in range(C):
+        mean64[c] = mean[c]
+        rstd64[c] = rstd[c]
+        w64[c] = weight[c]
+        for b in range(B):
+            colmean[c * B + b] = mean64[c]
     zero = np.int64(0)
     block_grad_sums(x3, dy3, zero, zero, A, zero, K, colmean, s1, s2, y3, relu)
-    for c in range(sdy.shape[0]):
+    for c in range(C):
         a = 0.0
         t = 0.0
         for b in range(B):
@@ -197,10 +234,13 @@ def cols_backward_small(x3, dy3, B, mean, rstd, weight, training, colmean, s1, s
             t += s2[c * B + b]
         sdy[c] = a
         sdxc[c] = t
-    backward_coef(mean, rstd, weight, sdy, sdxc, A * B, training, B,
-                  coef.reshape((coef.shape[0], K)), dweight, dbias)
+    backward_coef(mean64, rstd64, w64, sdy, sdxc, A * B, training, B,
+                  coef.reshape((coef.shape[0], K)), dw64, db64)
     block_grad_apply(x3, dy3, coef, zero, zero, A, zero, K, training, dx3, y3, relu, dres3,
                      has_dres)
+    for c in range(C):
+        dweight[c] = dw64[c]
+        dbias[c] = db64[c]
 
 
 @parallel_driver
@@ -389,6 +429,15 @@ def inference(x3, running_mean, running_var, eps, weight, bias, y3, mean, rstd, 
         mean[:] = running_mean
         rstd[:] = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
         return
+    if small_columns(x3):
+        k = c * b
+        xc = x3.reshape(1, a, k)
+        has_res = res3 is not None
+        cols_inference_small(xc, b, running_mean, running_var, eps, weight, bias,
+                             np.empty((4, 1, k), x3.dtype), y3.reshape(xc.shape),
+                             (res3 if has_res else x3).reshape(xc.shape), has_res, relu, mean,
+                             rstd)
+        return
     rows = _uses_rows(x3)
     coef = np.empty((4, c) if rows else (4, 1, c * b), x3.dtype)
     running_coef(running_mean, running_var, eps, weight, bias, 1 if rows else b,
@@ -434,20 +483,30 @@ def backward(dy3, x3, mean, rstd, weight, training, dx3, y3=None, relu=False, dr
         rows_backward_fused(x3.size, x3, dy3, mean, rstd, weight, training, chunk, coef, dx3,
                             dweight, dbias, y3, relu, dres3 if has_dres else x3, has_dres)
         return dweight, dbias
-    if not _uses_rows(x3) and x3.size <= config.SERIAL_MAX_ELEMENTS:
+    if small_columns(x3):
         dweight, dbias = np.empty(c), np.empty(c)
-        xc = x3.reshape(1, a, c * b)
-        k = c * b
-        coef = np.empty((5, 1, k), x3.dtype)
-        cols_backward_small(xc, dy3.reshape(xc.shape), b, mean, rstd, weight, training,
-                            np.repeat(mean, b), np.empty(k), np.empty(k), np.empty(c),
-                            np.empty(c), coef, dx3.reshape(xc.shape), dweight, dbias,
-                            y3.reshape(xc.shape), relu,
-                            (dres3 if has_dres else x3).reshape(xc.shape), has_dres)
+        backward_small(dy3, x3, mean, rstd, weight, training, dx3, dweight, dbias, y3, relu,
+                       dres3)
         return dweight, dbias
     sdy, sdxc = grad_sums(dy3, x3, mean, y3, relu)
     return backward_apply(dy3, x3, mean, rstd, weight, sdy, sdxc, m, training, dx3, y3, relu,
                           dres3)
+
+
+def backward_small(dy3, x3, mean, rstd, weight, training, dx3, dweight, dbias, y3=None,
+                   relu=False, dres3=None):
+    """The backward of a small column-layout ``x3`` (:func:`small_columns`) in one
+    compiled call, into ``dx3`` and the (C,) ``dweight``/``dbias`` of any float
+    dtype; ``mean``/``rstd``/``weight`` contiguous (C,) of any float dtype."""
+    a, c, b = x3.shape
+    k = c * b
+    xc = x3.reshape(1, a, k)
+    has_dres = dres3 is not None
+    cols_backward_small(xc, dy3.reshape(xc.shape), b, mean, rstd, weight, training,
+                        np.empty((5, 1, k), x3.dtype), dx3.reshape(xc.shape),
+                        (y3 if y3 is not None else x3).reshape(xc.shape), relu,
+                        (dres3 if has_dres else x3).reshape(xc.shape), has_dres,
+                        np.empty(3 * k + 7 * c), dweight, dbias)
 
 
 def grad_sums(dy3, x3, mean, y3=None, relu=False):
