@@ -198,9 +198,10 @@ def _fast_batch_norm_backward(dy, x, mean, rstd, weight, training, axis):
             _cpu_elementwise(None, c, 1.0, x.dtype) if weight is None else weight,
             bool(training), dx3, dweight, dbias)
         return dx3.reshape(shape), dweight, dbias
-    dweight, dbias = _cpu_bn.backward(dy.reshape(x3.shape), x3, _cpu_param(mean, c, None, None),
-                                      _cpu_param(rstd, c, None, None),
-                                      _cpu_param(weight, c, 1.0, None), bool(training), dx3)
+    dweight, dbias = _cpu_bn.backward(
+        dy.reshape(x3.shape), x3, mean, rstd,
+        _cpu_elementwise(None, c, 1.0, x.dtype) if weight is None else weight, bool(training),
+        dx3)
     sdtype = _checks.stats_dtype(x.dtype)
     return dx3.reshape(shape), dweight.astype(sdtype, copy=False), dbias.astype(sdtype,
                                                                                 copy=False)

@@ -122,13 +122,18 @@ def running_coef(running_mean, running_var, eps, weight, bias, B, coef, mean, rs
 
 @worker
 def backward_coef(mean, rstd, weight, sdy, sdxc, m, training, B, coef, dweight, dbias):
-    """dweight, dbias and ``coef`` (5, C*B) from the per-channel sums."""
+    """dweight, dbias and ``coef`` (5, C*B) from the per-channel sums.
+
+    ``mean``, ``rstd`` and ``weight`` of any float dtype are widened to float64
+    first, so float32 statistics give the bits of their float64 copies."""
     for c in range(mean.shape[0]):
+        mu = np.float64(mean[c])
+        r = np.float64(rstd[c])
         dbias[c] = sdy[c]
-        dweight[c] = sdxc[c] * rstd[c]
-        k0, k1, k2 = grad_coef(mean[c], rstd[c], weight[c], sdy[c], sdxc[c], m, training)
+        dweight[c] = sdxc[c] * r
+        k0, k1, k2 = grad_coef(mu, r, np.float64(weight[c]), sdy[c], sdxc[c], m, training)
         for b in range(B):
-            set_backward_coef(coef, c * B + b, mean[c], k0, k1, k2)
+            set_backward_coef(coef, c * B + b, mu, k0, k1, k2)
 
 
 @worker
@@ -471,12 +476,17 @@ def forward_apply(x3, mean, rstd, weight, bias, y3, res3=None, relu=False):
 
 def backward(dy3, x3, mean, rstd, weight, training, dx3, y3=None, relu=False, dres3=None):
     """dx into ``dx3`` (and the residual's gradient into ``dres3``); returns float64
-    ``(dweight, dbias)``.  With ``relu``, ``dy`` is masked by ``y3 > 0`` on the fly."""
+    ``(dweight, dbias)``.  With ``relu``, ``dy`` is masked by ``y3 > 0`` on the fly.
+
+    ``mean``, ``rstd``, ``weight``: contiguous (C,) of any float dtype (widened to
+    float64 where a kernel reads them: the column kernels widen in place)."""
     a, c, b = x3.shape
     m = a * b
     chunk = config.CHUNK_ELEMENTS
     y3 = y3 if y3 is not None else x3
     has_dres = dres3 is not None
+    if _uses_rows(x3):
+        mean, rstd, weight = (np.asarray(v, np.float64) for v in (mean, rstd, weight))
     if _uses_rows(x3) and _fits_fused(x3, 2):
         dweight, dbias = np.empty(c), np.empty(c)
         coef = np.empty((5, c), x3.dtype)
@@ -511,8 +521,9 @@ def backward_small(dy3, x3, mean, rstd, weight, training, dx3, dweight, dbias, y
 
 def grad_sums(dy3, x3, mean, y3=None, relu=False):
     """Per-channel float64 ``(sum(dy), sum(dy * (x - mean)))`` (``dy`` masked by
-    ``y3 > 0`` with ``relu``): the backward pass's first phase, on its own for
-    synchronized batch norm, whose sums are all-reduced between the phases."""
+    ``y3 > 0`` with ``relu``; ``mean`` of any float dtype): the backward pass's first
+    phase, on its own for synchronized batch norm, whose sums are all-reduced
+    between the phases."""
     a, c, b = x3.shape
     y3 = y3 if y3 is not None else x3
     sdy, sdxc = np.empty(c), np.empty(c)
@@ -521,13 +532,16 @@ def grad_sums(dy3, x3, mean, y3=None, relu=False):
         nch = -(-(a * b) // chunk)
         psdy = np.empty((1, nch, c))
         psdxc = np.empty((1, nch, c))
-        rows_grad_sums(x3.size, x3, dy3, mean, chunk, psdy[0], psdxc[0], y3, relu)
+        rows_grad_sums(x3.size, x3, dy3, np.asarray(mean, np.float64), chunk, psdy[0],
+                       psdxc[0], y3, relu)
     else:
         xc, rows, width, nrb = _columns(x3)
         k = c * b
         psdy = np.empty((1, nrb, k))
         psdxc = np.empty((1, nrb, k))
-        cols_grad_sums(x3.size, xc, dy3.reshape(xc.shape), np.repeat(mean, b).reshape(1, k),
+        mean64 = np.asarray(mean, np.float64)
+        colmean = (mean64 if b == 1 else np.repeat(mean64, b)).reshape(1, k)
+        cols_grad_sums(x3.size, xc, dy3.reshape(xc.shape), colmean,
                        rows, width, psdy, psdxc, y3.reshape(xc.shape), relu)
     cols_grad_fold(psdy, psdxc, 1 if _uses_rows(x3) else b, sdy.reshape(1, c),
                    sdxc.reshape(1, c))
