@@ -216,12 +216,11 @@ def _fast_rows_forward(x, normalized_shape, weight, bias, eps, center):
         return None
     x3 = x.reshape(1, x.size // d, d)
     y3 = np.empty_like(x3)
-    mean, rstd = _cpu_ln.forward(x3, _cpu_elementwise(weight, d, 1.0, x.dtype),
-                                 _cpu_elementwise(bias, d, 0.0, x.dtype), eps, center, y3)
-    sdtype = _checks.stats_dtype(x.dtype)
+    mean, rstd = _cpu_ln.forward(  # statistics come back in their dtype
+        x3, _cpu_elementwise(None, d, 1.0, x.dtype) if weight is None else weight,
+        _cpu_elementwise(None, d, 0.0, x.dtype) if bias is None else bias, eps, center, y3)
     lead = x.shape[:-1]
-    return (y3.reshape(x.shape), mean.reshape(lead).astype(sdtype, copy=False),
-            rstd.reshape(lead).astype(sdtype, copy=False))
+    return y3.reshape(x.shape), mean.reshape(lead), rstd.reshape(lead)
 
 
 def _fast_rows_backward(dy, x, normalized_shape, mean, rstd, weight, center):

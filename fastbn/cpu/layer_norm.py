@@ -174,8 +174,8 @@ def short_forward(
     rows,    # rows per task
     coef,    # (3, R) x.dtype scratch: mu_hi, mu_lo, rstd
     y3,      # (1, R, D) output
-    mean,    # (R,) float64 out (layer norm)
-    rstd,    # (R,) float64 out
+    mean,    # (R,) out (layer norm), any float dtype
+    rstd,    # (R,) out, any float dtype
 ):
     """Forward, blocks of whole rows: statistics, then y while the row is in L1."""
     R, D = x3.shape[1], x3.shape[2]
@@ -323,15 +323,19 @@ def _short(x3):
 
 
 def forward(x3, weight, bias, eps, center, y3):
-    """Layer norm (``center``) or RMS norm into ``y3``; returns float64 ``(mean, rstd)``."""
+    """Layer norm (``center``) or RMS norm into ``y3``; returns ``(mean, rstd)`` in the
+    statistics' dtype (float64 for float64 ``x3``, else float32), rounded once from
+    float64."""
     _, r, d = x3.shape
-    mean = np.empty(r)
-    rstd = np.empty(r)
     coef = np.empty((3, r), x3.dtype)
-    if _short(x3):
+    if _short(x3):  # the kernel only writes the statistics: straight into their dtype
+        sdtype = np.float64 if x3.dtype == np.float64 else np.float32
+        mean, rstd = np.empty(r, sdtype), np.empty(r, sdtype)
         rows = max(1, config.CHUNK_ELEMENTS // d)
         short_forward(x3.size, x3, weight, bias, eps, center, rows, coef, y3, mean, rstd)
         return mean, rstd
+    mean = np.empty(r)
+    rstd = np.empty(r)
     chunk = config.CHUNK_ELEMENTS
     nch = -(-d // chunk)
     pmean = np.empty((r, nch))
@@ -341,6 +345,8 @@ def forward(x3, weight, bias, eps, center, y3):
     rows_merge(pmean, pm2, d, chunk, mean, m2)
     finish_rows(mean, m2, d, eps, center, coef, rstd)
     long_apply(x3.size, x3, coef, weight, bias, config.COLUMN_BLOCK, y3)
+    if x3.dtype != np.float64:
+        return mean.astype(np.float32), rstd.astype(np.float32)
     return mean, rstd
 
 
