@@ -167,15 +167,13 @@ def cols_inference_small(x3, B, running_mean, running_var, eps, weight, bias, co
 
 
 @worker
-def cols_train_small(x3, B, weight, bias, eps, momentum, coef, y3, work, mean_out, rstd_out,
-                     running_mean, running_var, has_running):
-    """A plain small training forward in one serial call, running statistics included.
+def cols_train_small(x3, B, weight, bias, eps, coef, y3, work, mean_out, rstd_out):
+    """A plain small training forward in one serial call.
 
     :func:`cols_forward_small` without residual or ReLU, parameters in x's
-    dtype (no float64 copies), the statistics written in the caller's dtype
-    and the running update of :func:`_update_running` in the same call.
-    ``work``: float64 scratch of ``2*K + 3*C``.  Returns the channels whose
-    running statistics were skipped (not finite).
+    dtype (no float64 copies) and the statistics written in the caller's
+    dtype.  ``work``: float64 scratch of ``2*K + 3*C``, whose ``[2K:2K+C]`` and
+    ``[2K+C:2K+2C]`` hold the float64 mean and m2 afterwards.
     """
     A, K = x3.shape[1], x3.shape[2]
     C = K // B
@@ -193,9 +191,6 @@ def cols_train_small(x3, B, weight, bias, eps, momentum, coef, y3, work, mean_ou
     for c in range(C):
         mean_out[c] = mean[c]
         rstd_out[c] = rstd[c]
-    if has_running:
-        return _update_running(running_mean, running_var, mean, m2, A * B, momentum)
-    return 0
 
 
 @worker
@@ -272,8 +267,7 @@ def cols_forward_fused(x3, weight, bias, eps, width, coef, y3, res3, has_res, re
 def _update_running(running_mean, running_var, mean, m2, m, momentum):
     """PyTorch's rule with the unbiased variance ``m2 / (m - 1)``, in place.
 
-    Plain IEEE arithmetic (no contraction into fused multiply-adds), so the
-    result is the same bits whether called alone or inside :func:`cols_train_small`.
+    Plain IEEE arithmetic: no contraction into fused multiply-adds.
 
     A channel whose batch statistics are not finite keeps its running values;
     returns how many channels were skipped so (the caller warns).
@@ -413,17 +407,24 @@ def small_columns(x3) -> bool:
 def train_small(x3, weight, bias, eps, momentum, y3, mean, rstd, running_mean=None,
                 running_var=None):
     """Plain training forward of a small column-layout ``x3`` (:func:`small_columns`) in
-    one compiled call: ``y3``, ``mean`` and ``rstd`` (in their own dtype) filled, the
-    running statistics (both or neither) updated; returns the channels skipped.
-    ``weight``/``bias``: contiguous, in x's dtype."""
+    one compiled call: ``y3``, ``mean`` and ``rstd`` (in their own dtype) filled, then
+    the running statistics (both or neither) updated; returns the channels skipped.
+    ``weight``/``bias``: contiguous, in x's dtype.
+
+    (The update stays a call of its own: inlined into the kernel, whose fast-math
+    flags let LLVM fuse its multiply-adds, it rounded 1 ulp apart from the general
+    path's in float64.)
+    """
     a, c, b = x3.shape
     k = c * b
     xc = x3.reshape(1, a, k)
-    has_running = running_mean is not None
-    return cols_train_small(xc, b, weight, bias, eps, momentum, np.empty((4, 1, k), x3.dtype),
-                            y3.reshape(xc.shape), np.empty(2 * k + 3 * c), mean, rstd,
-                            running_mean if has_running else mean,
-                            running_var if has_running else rstd, has_running)
+    work = np.empty(2 * k + 3 * c)
+    cols_train_small(xc, b, weight, bias, eps, np.empty((4, 1, k), x3.dtype),
+                     y3.reshape(xc.shape), work, mean, rstd)
+    if running_mean is None:
+        return 0
+    return update_running(running_mean, running_var, work[2 * k:2 * k + c],
+                          work[2 * k + c:2 * k + 2 * c], a * b, momentum)
 
 
 def inference(x3, running_mean, running_var, eps, weight, bias, y3, mean, rstd, res3=None,
