@@ -47,6 +47,10 @@ def test_no_index_compiles_twice(tmp_path):
     out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
                          env=env, timeout=600)
     assert out.returncode == 0, out.stderr
+    # the small one-call backward passes literal zeros on purpose (fastbn.cpu._jit), to
+    # these workers only, each compiled once more for it
+    deliberate = ("block_grad_sums |", "block_grad_apply |")
     bad = [line for line in out.stdout.splitlines()
-           if "uint64" in line or "Literal[int]" in line]
+           if "uint64" in line or ("Literal[int]" in line
+                                   and not line.startswith(deliberate))]
     assert not bad, "compiled for a uint64 or literal index:\n" + "\n".join(bad)

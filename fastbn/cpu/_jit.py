@@ -12,7 +12,12 @@ parallel build and int64 in the serial one, so each loop converts it with
 ``np.int64`` before passing it on; a literal argument (``0``, ``False``) is a
 ``Literal`` type of its own, so call sites pass ``np.int64(0)`` where the value is
 only an index; and arrays are passed C-contiguous where a slice would be
-typed ``'A'``.  A literal flag is kept where it lets a loop drop a branch.
+typed ``'A'``.  A literal flag is kept where it lets a loop drop a branch,
+and literal zero indices in the one-call small batch-norm backward
+(``cols_backward_small``), where folding the slice arithmetic of every short
+row saved 30% of the call ((1568, 16): 24.5 -> 17.1 us).  (The same in the
+small training forward saved 22% of a (1568, 16) call but cost a second
+compile of two workers, which the 40 s cold-compile budget did not have.)
 
 ``cache=True`` here means fastbn's compile cache (:mod:`fastbn._cache`): a
 per-user directory keyed by fastbn's version and kernel sources, never the
