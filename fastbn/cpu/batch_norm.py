@@ -137,21 +137,34 @@ def backward_coef(mean, rstd, weight, sdy, sdxc, m, training, B, coef, dweight, 
 
 
 @worker
-def cols_forward_small(x3, B, weight, bias, eps, coef, y3, res3, has_res, relu, s1, s2, mean, m2,
-                       rstd):
-    """The whole column-kernel forward for a small input in one serial call.
+def cols_forward_small(x3, B, weight, bias, eps, coef, y3, res3, has_res, relu, work, mean_out,
+                       rstd_out):
+    """The whole column-kernel training forward for a small input in one serial call.
 
     ``x3``: (1, A, C*B); one block of all rows (no partials to merge), then the
     output pass from cache.  Saves the launches and allocations of the
-    general path, which dominate a (32, 256) batch.
+    general path, which dominate a (32, 256) batch.  ``work``: float64 scratch
+    of ``2*K + 3*C``, holding ``[s1 | s2 | mean | m2 | rstd]`` afterwards;
+    ``mean_out``/``rstd_out`` (any float dtype, or those slices themselves) get
+    the mean and rstd rounded once.  Parameters of any float dtype (widened
+    where used).
     """
     A, K = x3.shape[1], x3.shape[2]
+    C = K // B
     zero = np.int64(0)  # a typed index, not a Literal (fastbn.cpu._jit)
+    s1 = work[:K]
+    s2 = work[K:2 * K]
+    mean = work[2 * K:2 * K + C]
+    m2 = work[2 * K + C:2 * K + 2 * C]
+    rstd = work[2 * K + 2 * C:2 * K + 3 * C]
     block_moments(x3, zero, zero, A, zero, K, s1, s2)
     fold_sample(s1, s2, A, B, mean, m2)
     finish_stats(m2, A * B, eps, rstd)
-    forward_coef(mean, rstd, weight, bias, mean.shape[0], B, coef.reshape((coef.shape[0], K)))
+    forward_coef(mean, rstd, weight, bias, C, B, coef.reshape((coef.shape[0], K)))
     block_apply(x3, zero, zero, A, zero, K, coef, y3, res3, has_res, relu)
+    for c in range(C):
+        mean_out[c] = mean[c]
+        rstd_out[c] = rstd[c]
 
 
 @worker
@@ -164,33 +177,6 @@ def cols_inference_small(x3, B, running_mean, running_var, eps, weight, bias, co
                  coef.reshape((coef.shape[0], K)), mean, rstd)
     zero = np.int64(0)
     block_apply(x3, zero, zero, x3.shape[1], zero, K, coef, y3, res3, has_res, relu)
-
-
-@worker
-def cols_train_small(x3, B, weight, bias, eps, coef, y3, work, mean_out, rstd_out):
-    """A plain small training forward in one serial call.
-
-    :func:`cols_forward_small` without residual or ReLU, parameters in x's
-    dtype (no float64 copies) and the statistics written in the caller's
-    dtype.  ``work``: float64 scratch of ``2*K + 3*C``, whose ``[2K:2K+C]`` and
-    ``[2K+C:2K+2C]`` hold the float64 mean and m2 afterwards.
-    """
-    A, K = x3.shape[1], x3.shape[2]
-    C = K // B
-    s1 = work[:K]
-    s2 = work[K:2 * K]
-    mean = work[2 * K:2 * K + C]
-    m2 = work[2 * K + C:2 * K + 2 * C]
-    rstd = work[2 * K + 2 * C:2 * K + 3 * C]
-    zero = np.int64(0)
-    block_moments(x3, zero, zero, A, zero, K, s1, s2)
-    fold_sample(s1, s2, A, B, mean, m2)
-    finish_stats(m2, A * B, eps, rstd)
-    forward_coef(mean, rstd, weight, bias, C, B, coef.reshape((coef.shape[0], K)))
-    block_apply(x3, zero, zero, A, zero, K, coef, y3, y3, False, False)
-    for c in range(C):
-        mean_out[c] = mean[c]
-        rstd_out[c] = rstd[c]
 
 
 @worker
@@ -382,15 +368,15 @@ def forward_train(x3, weight, bias, eps, y3, res3=None, relu=False):
                            y3.reshape(1, a, c), (res3 if has_res else x3).reshape(1, a, c),
                            has_res, relu, mean, m2, rstd)
         return mean, m2, rstd
-    if not _uses_rows(x3) and x3.size <= config.SERIAL_MAX_ELEMENTS:
+    if small_columns(x3):
         k = c * b
-        mean, m2 = np.empty(c), np.empty(c)
-        coef = np.empty((4, 1, k), x3.dtype)
         xc = x3.reshape(1, a, k)
         has_res = res3 is not None
-        cols_forward_small(xc, b, weight, bias, eps, coef, y3.reshape(xc.shape),
-                           (res3 if has_res else x3).reshape(xc.shape), has_res, relu,
-                           np.empty(k), np.empty(k), mean, m2, rstd)
+        work = np.empty(2 * k + 3 * c)
+        mean, m2, rstd = work[2 * k:2 * k + c], work[2 * k + c:2 * k + 2 * c], work[2 * k + 2 * c:]
+        cols_forward_small(xc, b, weight, bias, eps, np.empty((4, 1, k), x3.dtype),
+                           y3.reshape(xc.shape), (res3 if has_res else x3).reshape(xc.shape),
+                           has_res, relu, work, mean, rstd)
         return mean, m2, rstd
     mean, m2 = moments(x3)
     finish_stats(m2, m, eps, rstd)
@@ -418,8 +404,9 @@ def train_small(x3, weight, bias, eps, momentum, y3, mean, rstd, running_mean=No
     k = c * b
     xc = x3.reshape(1, a, k)
     work = np.empty(2 * k + 3 * c)
-    cols_train_small(xc, b, weight, bias, eps, np.empty((4, 1, k), x3.dtype),
-                     y3.reshape(xc.shape), work, mean, rstd)
+    yc = y3.reshape(xc.shape)
+    cols_forward_small(xc, b, weight, bias, eps, np.empty((4, 1, k), x3.dtype), yc, yc, False,
+                       False, work, mean, rstd)
     if running_mean is None:
         return 0
     return update_running(running_mean, running_var, work[2 * k:2 * k + c],
