@@ -184,10 +184,12 @@ def cols_merge(pmean, pm2, A, rows, width):
 
 
 @worker
-def cols_fold(colmean, colm2, A, B, mean, m2):
-    """:func:`fold_sample` for every sample: (N, K) column moments to (N, K // B)."""
+def cols_fold(pmean, pm2, A, B, mean, m2):
+    """:func:`fold_sample` for every sample: the merged column moments (block 0 of
+    ``pmean``/``pm2``, (N, blocks, K)) to (N, K // B).  The whole C-contiguous
+    scratch is passed, never the strided ``pmean[:, 0]``: one specialization."""
     for n in range(mean.shape[0]):
-        fold_sample(colmean[n], colm2[n], A, B, mean[n], m2[n])
+        fold_sample(pmean[n, 0], pm2[n, 0], A, B, mean[n], m2[n])
 
 
 @driver

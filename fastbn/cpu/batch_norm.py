@@ -341,7 +341,7 @@ def moments(x3):
         pm2 = np.empty((1, nrb, c * b))
         cols_moments(x3.size, xc, rows, width, pmean, pm2)
         cols_merge(pmean.size, pmean, pm2, a, rows, width)
-        cols_fold(pmean[:, 0], pm2[:, 0], a, b, mean.reshape(1, c), m2.reshape(1, c))
+        cols_fold(pmean, pm2, a, b, mean.reshape(1, c), m2.reshape(1, c))
     return mean, m2
 
 

@@ -81,6 +81,12 @@ from ._rows import (
     rows_moments,
 )
 
+#: Flags for the workers the fused drivers share with batch norm, typed ``bool``
+#: as batch norm's calls are: a literal ``False`` would compile each worker a
+#: second time (fastbn.cpu._jit); the loops unswitch on the runtime flag alike.
+_NO = np.bool_(False)
+_YES = np.bool_(True)
+
 
 @worker
 def _group_coef(c, g, cg, weight, sdy, sdxc, rstd, m):
@@ -126,7 +132,7 @@ def first_forward_fused(
         n = ng // G
         for ci in range((ng % G) * cg, (ng % G) * cg + cg):
             set_forward_coef(coef, n * C + ci, mu, r, weight[ci], bias[ci])
-            chunk_apply(xc, yc, coef, n * C + ci, np.int64(0), S, xc, False, False)
+            chunk_apply(xc, yc, coef, n * C + ci, np.int64(0), S, xc, _NO, _NO)
 
 
 @driver
@@ -155,12 +161,12 @@ def first_backward_fused(
         r = rstd[ng]
         for ci in range(g * cg, g * cg + cg):
             sdy[n * C + ci], sdxc[n * C + ci] = channel_grad_sums(xc, dyc, n * C + ci, chunk, mu,
-                                                                  xc, False)
+                                                                  xc, _NO)
         c1, c2 = _group_coef(n * C, g, cg, weight, sdy, sdxc, r, cg * S)
         for ci in range(g * cg, g * cg + cg):
             set_backward_coef(coef, n * C + ci, mu, weight[ci] * r, -r * r * c1, -r * c2)
-            chunk_grad_apply(xc, dyc, dxc, coef, n * C + ci, np.int64(0), S, True, xc, False, xc,
-                             False)
+            chunk_grad_apply(xc, dyc, dxc, coef, n * C + ci, np.int64(0), S, _YES, xc, _NO, xc,
+                             _NO)
 
 
 # ---------------------------------------------------------------------------
@@ -207,7 +213,7 @@ def last_forward_fused(
         for g in range(n * G + g0, n * G + g1):
             rstd[g] = rstd_from_m2(gm2[g], cg * S, eps)
         sample_forward_coef(n, k0, k1, mean, rstd, weight, bias, G, np.int64(1), coef)
-        block_apply(x3, n, np.int64(0), S, k0, k1, coef3, y3, x3, False, False)
+        block_apply(x3, n, np.int64(0), S, k0, k1, coef3, y3, x3, _NO, _NO)
 
 
 def _groups_per_task(n, s, c, G, itemsize):
@@ -291,7 +297,7 @@ def forward(x3, G, weight, bias, eps, channels_last, y3):
             return mean, rstd
         cols_moments(x3.size, x3, rows, width, pmean, pm2)
         cols_merge(pmean.size, pmean, pm2, s, rows, width)
-        cols_fold(pmean[:, 0], pm2[:, 0], s, cg, mean.reshape(n, G), m2.reshape(n, G))
+        cols_fold(pmean, pm2, s, cg, mean.reshape(n, G), m2.reshape(n, G))
         finish_stats(m2, m, eps, rstd)
         forward_coef(mean, rstd, weight, bias, G, 1, coef)
         cols_apply(x3.size, x3, coef.reshape(4, n, c), rows, width, y3, x3, False, False)

@@ -29,11 +29,12 @@ Backward, per row with ``dy_hat = dy * weight``:
 Two regimes, chosen by shape:
 
 * short rows (``D * itemsize <= config.SHORT_ROW_MAX_BYTES`` and at least
-  ``config.FUSED_MIN_CHANNELS`` rows): tasks are blocks of whole rows.  A row
+  ``config.FUSED_MIN_CHANNELS`` rows), and every input of at most
+  ``config.SERIAL_MAX_ELEMENTS``: tasks are blocks of whole rows.  A row
   is read once from memory; statistics and output come from L1.  Backward
   keeps per-task ``dweight``/``dbias`` partials (``config.ROW_BLOCK_TASKS``
   tasks at most) summed in task order.
-* long rows: statistics from fixed chunks of each row (parallel within a
+* long rows, above the serial size only: statistics from fixed chunks of each row (parallel within a
   row) merged in chunk order; the output pass runs over column blocks that
   span every row, so ``dweight``/``dbias`` need no partials.
 
@@ -48,7 +49,7 @@ from numba import prange
 
 from .. import config
 from ._columns import cols_grad_fold
-from ._jit import driver, exact, worker
+from ._jit import driver, exact, parallel_driver, worker
 from ._moments import rstd_from_m2
 from ._rows import chunk_moments, rows_merge, rows_moments
 
@@ -262,7 +263,7 @@ def finish_rows(mean, m2, d, eps, center, coef, rstd):
         _set_row_coef(coef, r, mean[r] if center else 0.0, rs)
 
 
-@driver
+@parallel_driver
 def long_apply(x3, coef, weight, bias, width, y3):
     """Forward output pass: tasks are column blocks, each over every row."""
     R, D = x3.shape[1], x3.shape[2]
@@ -275,7 +276,7 @@ def long_apply(x3, coef, weight, bias, width, y3):
                         coef[0, r], coef[1, r], coef[2, r])
 
 
-@driver
+@parallel_driver
 def long_grad_sums(x3, dy3, mean, weight, chunk, psa, pss):
     """Per (chunk, row) ``sum(dy * w)`` and ``sum(dy * w * (x - mu))`` into (chunks, R)."""
     R, D = x3.shape[1], x3.shape[2]
@@ -296,7 +297,7 @@ def long_grad_coef(mean, rstd, sa, ss, d, center, coef):
         _row_grad_coef(coef, r, mean[r], rstd[r], sa[r], ss[r], d, center)
 
 
-@driver
+@parallel_driver
 def long_grad_apply(x3, dy3, coef, weight, width, dx3, dweight, dbias):
     """dx over column blocks of every row; dweight/dbias summed over rows in order."""
     R, D = x3.shape[1], x3.shape[2]
@@ -318,8 +319,12 @@ def long_grad_apply(x3, dy3, coef, weight, width, dx3, dweight, dbias):
 
 
 def _short(x3):
+    """Whether the short-row kernels take ``x3``: short rows, enough of them to share
+    out, or an input small enough for the serial driver, where one task takes every
+    row whatever their length (so the long-row drivers need no serial twin)."""
     return (x3.shape[2] * x3.itemsize <= config.SHORT_ROW_MAX_BYTES
-            and x3.shape[1] >= config.FUSED_MIN_CHANNELS)
+            and x3.shape[1] >= config.FUSED_MIN_CHANNELS
+            or 0 < x3.size <= config.SERIAL_MAX_ELEMENTS)
 
 
 def forward(x3, weight, bias, eps, center, y3):
