@@ -374,8 +374,11 @@ def measure(case: BenchCase, quick: bool) -> None:
             # (--quick: round 0 only)
             if name == "numpy" and (i >= 1 if quick else i >= 3 and i % 4):
                 continue
-            if name != "numpy":
-                fn()  # settle: the previous backend's pool stops spinning meanwhile
+            if name != "numpy" and not (quick and name == "numpy_formula" and _large(case)):
+                # settle: the previous backend's pool stops spinning meanwhile.  (--quick
+                # skips it for the single-threaded formula on large cases: 10-130 ms a
+                # call, against a pool that spins for well under a millisecond)
+                fn()
             t0 = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - t0)
