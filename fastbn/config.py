@@ -35,6 +35,10 @@ ROW_KERNEL_MIN_INNER = 32
 #: block's accumulators stay in L1.
 COLUMN_BLOCK = 256
 
+#: Column blocks of the elementwise column passes (output, dx) hold at most
+#: this many columns: whole rows of most 2-D and channels-last inputs.
+APPLY_WIDTH = 4096
+
 #: A channel whose data (x, plus dy in backward) is at most this many bytes is
 #: processed start to finish by one thread: statistics first, then the output
 #: pass re-reads the channel from L2 instead of memory.

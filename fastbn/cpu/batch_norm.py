@@ -70,6 +70,7 @@ from numba import prange
 
 from .. import config
 from ._columns import (
+    apply_blocks,
     block_apply,
     block_grad_apply,
     block_grad_sums,
@@ -444,7 +445,8 @@ def _apply(x3, coef, y3, res3, relu):
     if _uses_rows(x3):
         rows_apply(x3.size, x3, coef, config.CHUNK_ELEMENTS, y3, res3, has_res, relu)
     else:
-        xc, rows, width, _ = _columns(x3)
+        xc = _columns(x3)[0]
+        rows, width = apply_blocks(xc)
         cols_apply(x3.size, xc, coef, rows, width, y3.reshape(xc.shape), res3.reshape(xc.shape),
                    has_res, relu)
 
@@ -551,7 +553,8 @@ def backward_apply(dy3, x3, mean, rstd, weight, sdy, sdxc, m, training, dx3, y3=
         rows_grad_apply(x3.size, x3, dy3, coef, config.CHUNK_ELEMENTS, training, dx3, y3, relu,
                         dres3, has_dres)
         return dweight, dbias
-    xc, rows, width, _ = _columns(x3)
+    xc = _columns(x3)[0]
+    rows, width = apply_blocks(xc)
     coef = np.empty((5, 1, c * b), x3.dtype)
     backward_coef(mean, rstd, weight, sdy, sdxc, m, training, b, coef[:, 0], dweight, dbias)
     cols_grad_apply(x3.size, xc, dy3.reshape(xc.shape), coef, rows, width, training,

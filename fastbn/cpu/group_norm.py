@@ -47,6 +47,7 @@ from numba import prange
 
 from .. import config
 from ._columns import (
+    apply_blocks,
     block_apply,
     block_moments,
     blocks,
@@ -300,6 +301,7 @@ def forward(x3, G, weight, bias, eps, channels_last, y3):
         cols_fold(pmean, pm2, s, cg, mean.reshape(n, G), m2.reshape(n, G))
         finish_stats(m2, m, eps, rstd)
         forward_coef(mean, rstd, weight, bias, G, 1, coef)
+        rows, width = apply_blocks(x3)
         cols_apply(x3.size, x3, coef.reshape(4, n, c), rows, width, y3, x3, False, False)
         return mean, rstd
     xg = x3.reshape(1, n * G, m)
@@ -343,6 +345,7 @@ def backward(dy3, x3, G, mean, rstd, weight, channels_last, dx3):
         cols_grad_sums(x3.size, x3, dy3, colmean, rows, width, psdy, psdxc, x3, False)
         cols_grad_fold(psdy, psdxc, 1, sdy.reshape(n, c), sdxc.reshape(n, c))
         backward_coef(mean, rstd, weight, sdy, sdxc, G, m, coef, dweight, dbias)
+        rows, width = apply_blocks(x3)
         cols_grad_apply(x3.size, x3, dy3, coef.reshape(5, n, c), rows, width, True, dx3, x3,
                         False, x3, False)
         return dweight, dbias
