@@ -197,6 +197,20 @@ def test_large_offset_constant_group_and_nan(kernel_config, rng, axis):
     assert np.all(np.isfinite(dw[:2]))
 
 
+@pytest.mark.parametrize("shape", [(2, 40, 40, 64), (3, 300, 32), (9, 17, 13, 8)], ids=str)
+def test_channels_last_fused_matches_split_exactly(rng, shape, monkeypatch):
+    """Channels-last forward takes the fused whole-sample path or the split path by
+    batch size and thread count; both must give the same bits."""
+    x = make(rng, shape, np.float32, loc=3)
+    monkeypatch.setattr(fastbn.config, "SERIAL_MAX_ELEMENTS", 0)
+    results = []
+    for max_bytes in (1 << 30, 0):  # fused, then split
+        monkeypatch.setattr(fastbn.config, "FUSED_CHANNEL_MAX_BYTES", max_bytes)
+        results.append(fastbn.group_norm(x, 4, axis=-1))
+    for a, b in zip(*results, strict=True):
+        assert np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("shape,axis", [((2, 64, 40, 40), 1), ((2, 40, 40, 64), -1),
                                         ((1, 2, 70000), 1)], ids=str)
 def test_identical_for_any_thread_count(rng, shape, axis):
