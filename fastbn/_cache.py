@@ -12,7 +12,8 @@ is shadowed by it as a namespace package.  Instead, fastbn keeps its kernels in
 
 with one subfolder per package folder (``cpu/``).  ``<key>`` holds fastbn's
 version, the Python and Numba versions and a hash of the kernel sources
-(``fastbn/cpu/`` and ``fastbn/config.py``), so kernels compiled by another
+(``fastbn/cpu/`` and ``fastbn/config.py``) and of the import name, so kernels
+compiled by another
 fastbn version, or from sources that have changed since, are never loaded:
 Numba itself checks only the file that defines a kernel, not the helpers
 other files inline into it.  The install directory is never written, so it
@@ -81,8 +82,13 @@ def _read_version() -> str:
 
 @functools.cache
 def cache_key() -> str:
-    """The folder name of this fastbn's kernels: versions plus a hash of the kernel sources."""
+    """The folder name of this fastbn's kernels: versions plus a hash of the kernel sources
+    and of the package's import name.  (A compiled kernel records the module it came
+    from and imports it on loading: a copy of these sources imported under another
+    name must not share the folder.)"""
     digest = hashlib.sha256()
+    digest.update(__name__.rpartition(".")[0].encode())
+    digest.update(b"\0")
     for name in KERNEL_SOURCES:
         path = Path(PACKAGE_DIR, name)
         files = sorted(path.rglob("*.py")) if path.is_dir() else [path]

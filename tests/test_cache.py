@@ -311,6 +311,24 @@ def test_parallel_warmup_leaves_a_complete_cache(tmp_path):
     assert out.split() == ["0"], "kernels compiled again: the parallel warmup lost entries"
 
 
+def test_a_copy_under_another_name_keeps_its_own_kernels(tmp_path):
+    """Compiled kernels record their module and import it on loading: a copy of
+    fastbn's sources imported as another package (vendored, or an old checkout
+    beside the new) must not leave kernels that fastbn then fails to load."""
+    site = tmp_path / "site"
+    copy = Path(shutil.copytree(REPO / "fastbn", site / "fastbn_copy",
+                                ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc")))
+    env = _env(tmp_path, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    script = ("import json, numpy as np, fastbn_copy as f; "
+              "f.rms_norm(np.ones((8, 16)), 16); print(json.dumps(f._cache.cache_key()))")
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=site,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert copy.is_dir() and json.loads(result.stdout) != _cache.cache_key()
+    out = _child(env, cwd=REPO)  # fastbn itself, same cache directory, same sources
+    assert out["ok"] and out["misses"] > 0 and out["hits"] == 0
+
+
 def test_other_code_is_cached_where_numba_puts_it(tmp_path):
     """fastbn's locator leaves everyone else's cache=True functions alone."""
     (tmp_path / "pkg").mkdir()
