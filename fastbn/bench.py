@@ -362,10 +362,11 @@ def measure(case: BenchCase, quick: bool) -> None:
     if case.torch is not None:
         backends["torch"] = case.torch
     for name, fn in backends.items():
-        # warm-up: compile, allocate, page in.  With --quick the float64 oracle of a
-        # large case, timed once, goes without: its float64 temporaries (25-100 MB)
+        # warm-up: compile, allocate, page in.  With --quick the NumPy baselines of a
+        # large case go without (the oracle is timed once, the formula's median of
+        # three takes the first call's page faults): their temporaries (25-100 MB)
         # are mostly fresh mmaps, page faults included, on every call anyway
-        if not (quick and name == "numpy" and _large(case)):
+        if not (quick and name in ("numpy", "numpy_formula") and _large(case)):
             fn()
     samples = {k: [] for k in backends}
     for i in range(_repeats(case, quick)):
