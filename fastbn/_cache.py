@@ -13,8 +13,8 @@ is shadowed by it as a namespace package.  Instead, fastbn keeps its kernels in
 with one subfolder per package folder (``cpu/``).  ``<key>`` holds fastbn's
 version, the Python and Numba versions and a hash of the kernel sources
 (``fastbn/cpu/`` and ``fastbn/config.py``) and of the import name, so kernels
-compiled by another
-fastbn version, or from sources that have changed since, are never loaded:
+compiled by another fastbn version, or from sources that have changed since,
+or by a copy of the sources imported under another name, are never loaded:
 Numba itself checks only the file that defines a kernel, not the helpers
 other files inline into it.  The install directory is never written, so it
 may be read-only, and two installs of the same sources share their kernels.

@@ -34,9 +34,10 @@ Two regimes, chosen by shape:
   is read once from memory; statistics and output come from L1.  Backward
   keeps per-task ``dweight``/``dbias`` partials (``config.ROW_BLOCK_TASKS``
   tasks at most) summed in task order.
-* long rows, above the serial size only: statistics from fixed chunks of each row (parallel within a
-  row) merged in chunk order; the output pass runs over column blocks that
-  span every row, so ``dweight``/``dbias`` need no partials.
+* long rows, above the serial size only: statistics from fixed chunks of
+  each row (parallel within a row) merged in chunk order; the output pass
+  runs over column blocks that span every row, so ``dweight``/``dbias`` need
+  no partials.
 
 See Also
 --------
