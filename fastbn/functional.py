@@ -275,7 +275,7 @@ def batch_norm(
 
     Parameters
     ----------
-    x : ndarray, shape (N, C, *spatial) for ``axis=1`` or (N, *spatial, C) for ``axis=-1``
+    x : ndarray, shape ``(N, C, *spatial)`` for ``axis=1`` or ``(N, *spatial, C)`` for ``axis=-1``
         Input, float16/32/64, any ndim >= 2, any strides.
     weight, bias : ndarray of shape (C,), optional
         Per-channel scale (gamma) and shift (beta); ``None`` means 1 and 0.
@@ -758,7 +758,7 @@ def group_norm(
 
     Parameters
     ----------
-    x : ndarray, shape (N, C, *spatial) for ``axis=1`` or (N, *spatial, C) for ``axis=-1``
+    x : ndarray, shape ``(N, C, *spatial)`` for ``axis=1`` or ``(N, *spatial, C)`` for ``axis=-1``
         Input, float16/32/64, ndim >= 2.
     num_groups : int
         Number of groups ``G``; must divide ``C``.  Groups are consecutive
@@ -783,7 +783,7 @@ def group_norm(
     Notes
     -----
     Group norm does not depend on the batch: the tutorial's answer to small
-    batches.  ``G = 1`` is layer norm over (C, *spatial) with per-channel
+    batches.  ``G = 1`` is layer norm over ``(C, *spatial)`` with per-channel
     parameters; ``G = C`` is instance norm.  A group must hold more than one
     value.
     """

@@ -92,7 +92,7 @@ class BatchNorm(Module):
     eps : float > 0
         Added to the variance before the square root.
     axis : int
-        The channel axis: 1 for (N, C, *spatial), -1 for channels-last.
+        The channel axis: 1 for ``(N, C, *spatial)``, -1 for channels-last.
     affine : bool
         Learn ``weight`` (gamma) and ``bias`` (beta).
     track_running_stats : bool
@@ -535,7 +535,7 @@ class GroupNorm(Module):
     ``num_channels / num_groups`` consecutive channels and the spatial dims.
 
     Independent of the batch size: the tutorial's answer to small batches.
-    ``GroupNorm(1, C)`` is layer norm over (C, *spatial) with a per-channel
+    ``GroupNorm(1, C)`` is layer norm over ``(C, *spatial)`` with a per-channel
     affine; ``GroupNorm(C, C)`` is instance norm.  ``axis=-1`` takes
     channels-last input.
     """
