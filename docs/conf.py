@@ -11,7 +11,6 @@ from fastbn itself.  The tables of the experiment and performance pages are
 generated before the build from the committed data (``docs/_ext/generate.py``).
 """
 
-import os
 import sys
 from pathlib import Path
 
@@ -21,8 +20,6 @@ sys.path.insert(0, str(HERE / "_ext"))
 # The guide's cells and autodoc import fastbn from the environment the docs
 # are built in (``pip install ".[docs]"`` installs it).  Kernels stay in the
 # user's compile cache, so a second build loads them instead of compiling.
-# matplotlib draws into files, never a window.
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 project = "fastbn"
 author = "the fastbn developers"
@@ -37,6 +34,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # serves MathJax from the site itself: pages render offline
     "numpydoc",
     "sphinx_copybutton",
     "fastbn_docs",  # docs/_ext: tables and figures generated from committed data
