@@ -11,17 +11,10 @@ import warnings
 
 import numpy as np
 
+from ._device import is_cuda_array  # noqa: F401  (re-exported: fastbn._checks.is_cuda_array)
+
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _NATIVE_FLOATS = frozenset(FLOAT_DTYPES)
-
-
-def is_cuda_array(a) -> bool:
-    """Device arrays: ``__cuda_array_interface__`` (numba, CuPy, torch CUDA), or the
-    CUDA simulator's arrays (which do not carry the interface)."""
-    if isinstance(a, np.ndarray) or a is None:
-        return False
-    return (hasattr(a, "__cuda_array_interface__")
-            or type(a).__module__.startswith("numba.cuda.simulator"))
 
 
 def _host():
@@ -101,7 +94,7 @@ def channel_axis(axis, ndim: int, shape, min_ndim: int = 2) -> int:
         raise ValueError(f"x must have at least {min_ndim} dimensions; got shape {tuple(shape)}")
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"axis must be an integer; got {axis!r}")
-    if not -ndim <= axis < ndim:
+    if not -ndim <= int(axis) < ndim:
         raise ValueError(f"axis {axis} is out of range for x of shape {tuple(shape)}")
     return int(axis) % ndim
 
@@ -303,7 +296,7 @@ def deliver(xp, buf, out, shape, dtype):
 
 def normalized_shape(shape, x_shape) -> tuple:
     """``normalized_shape`` as a tuple matching the trailing dims of ``x``."""
-    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+    if not isinstance(shape, bool) and isinstance(shape, numbers.Integral):
         shape = (int(shape),)
     try:
         if isinstance(shape, (str, bytes)):

@@ -14,7 +14,7 @@ import functools
 
 import numpy as np
 
-from .._checks import is_cuda_array
+from .._device import is_cuda_array
 
 DEVICE = "host"
 HINT = ""

@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from .._checks import is_cuda_array
+from .._device import is_cuda_array
 from . import _layout, _stats
 
 DEVICE = "GPU"
