@@ -12,6 +12,7 @@ Importing fastbn never imports CUDA, MPI or Dask.
 """
 
 import importlib
+from types import ModuleType
 
 from . import config, reference
 from .functional import (
@@ -54,7 +55,7 @@ __all__ = [
 _LAZY = ("distributed", "dask", "formula", "nn", "experiments")
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> ModuleType:
     if name in _LAZY:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'fastbn' has no attribute {name!r}")

@@ -30,10 +30,15 @@ fastbn.moments, fastbn.merge_moments, fastbn.distributed.moments
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from . import _checks
 from . import functional as F
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 __all__ = ["moments"]
 
@@ -56,7 +61,7 @@ def _tree(parts: list, merge) -> object:
     return parts[0]
 
 
-def moments(darr, axis: int = 1, *, compute: bool = True):
+def moments(darr: da.Array, axis: int = 1, *, compute: bool = True) -> Any:
     """Per-channel ``(count, mean, m2)`` of a Dask array (float64 NumPy results).
 
     Parameters

@@ -45,17 +45,23 @@ fastbn.nn.SyncBatchNorm, fastbn.merge_moments
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from . import _checks
 from . import functional as F
+from .functional import Array, Moments
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
 
 __all__ = ["moments", "sync_batch_norm", "sync_batch_norm_backward"]
 
 _RAISED = {"ValueError": ValueError, "TypeError": TypeError}
 
 
-def _agree(comm, error: BaseException | None, channels: int, count: int) -> np.ndarray:
+def _agree(comm: MPI.Comm, error: BaseException | None, channels: int, count: int) -> np.ndarray:
     """Every rank's ``count``, after checking that every rank's arguments were valid
     and hold the same number of channels; else the same exception on every rank."""
     mine = np.array([error is None, channels, count], np.int64)
@@ -75,12 +81,12 @@ def _agree(comm, error: BaseException | None, channels: int, count: int) -> np.n
     return table[:, 2]
 
 
-def _check_comm(comm) -> None:
+def _check_comm(comm: object) -> None:
     if not all(hasattr(comm, name) for name in ("Allgather", "Allreduce", "Get_size")):
         raise TypeError(f"comm must be an mpi4py communicator; got {type(comm).__name__}")
 
 
-def _global_moments(comm, x, axis: int, counts: np.ndarray):
+def _global_moments(comm: MPI.Comm, x: Array, axis: int, counts: np.ndarray) -> Moments:
     """The global ``(count, mean, m2)``, float64 host arrays, identical on all ranks."""
     local_count, mean, m2 = F.moments(x, axis=axis)
     xp = F._backend(x).arrays
@@ -94,7 +100,7 @@ def _global_moments(comm, x, axis: int, counts: np.ndarray):
     return merged
 
 
-def moments(x, *, comm, axis: int = 1):
+def moments(x: Array, *, comm: MPI.Comm, axis: int = 1) -> Moments:
     """The global per-channel ``(count, mean, m2)`` of every rank's slice of the batch,
     identical on all ranks (float64; device arrays for device x)."""
     _check_comm(comm)
@@ -109,9 +115,10 @@ def moments(x, *, comm, axis: int = 1):
     return total, xp.from_host(mean), xp.from_host(m2)
 
 
-def sync_batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *, comm,
-                    training: bool = True, momentum: float = 0.1, eps: float = 1e-5,
-                    axis: int = 1):
+def sync_batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
+                    running_mean: Array | None = None, running_var: Array | None = None, *,
+                    comm: MPI.Comm, training: bool = True, momentum: float = 0.1,
+                    eps: float = 1e-5, axis: int = 1) -> tuple[Array, Array, Array]:
     """:func:`fastbn.batch_norm` with the statistics of the global batch over ``comm``.
 
     Returns ``(y, mean, rstd)``: y is this rank's slice; mean and rstd (the global
@@ -154,7 +161,9 @@ def sync_batch_norm(x, weight=None, bias=None, running_mean=None, running_var=No
     return y, mean_out, rstd
 
 
-def sync_batch_norm_backward(dy, x, mean, rstd, weight=None, *, comm, axis: int = 1):
+def sync_batch_norm_backward(dy: Array, x: Array, mean: Array, rstd: Array,
+                             weight: Array | None = None, *, comm: MPI.Comm,
+                             axis: int = 1) -> tuple[Array, Array, Array]:
     """:func:`fastbn.batch_norm_backward` for :func:`sync_batch_norm` (training).
 
     Returns ``(dx, dweight, dbias)``: dx is this rank's slice of the global

@@ -18,6 +18,8 @@ accuracy: float32 reductions lose digits at large offsets (fastbn does not).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 __all__ = [
@@ -32,6 +34,10 @@ __all__ = [
     "group_norm_backward",
 ]
 
+#: What the functions return: a pair or a triple of arrays.
+_Pair = tuple[np.ndarray, np.ndarray]
+_Triple = tuple[np.ndarray, np.ndarray, np.ndarray]
+
 
 def _axes(x, axis):
     axis %= x.ndim
@@ -45,7 +51,8 @@ def _bcast(v, x, axis):
     return v.reshape(shape)
 
 
-def batch_norm_train(x, weight=None, bias=None, eps=1e-5, axis=1):
+def batch_norm_train(x: np.ndarray, weight: np.ndarray | None = None,
+                     bias: np.ndarray | None = None, eps: float = 1e-5, axis: int = 1) -> _Triple:
     axes = _axes(x, axis)
     mean = x.mean(axes, keepdims=True)
     var = x.var(axes, keepdims=True)
@@ -56,8 +63,9 @@ def batch_norm_train(x, weight=None, bias=None, eps=1e-5, axis=1):
     return y, mean.ravel(), rstd.ravel()
 
 
-def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, eps=1e-5,
-                         axis=1):
+def batch_norm_inference(x: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray,
+                         weight: np.ndarray | None = None, bias: np.ndarray | None = None,
+                         eps: float = 1e-5, axis: int = 1) -> np.ndarray:
     y = (x - _bcast(running_mean, x, axis)) / np.sqrt(_bcast(running_var, x, axis)
                                                       + x.dtype.type(eps))
     if weight is not None:
@@ -65,7 +73,8 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, e
     return y
 
 
-def batch_norm_backward_train(dy, x, mean, rstd, weight=None, axis=1):
+def batch_norm_backward_train(dy: np.ndarray, x: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
+                              weight: np.ndarray | None = None, axis: int = 1) -> _Triple:
     axes = _axes(x, axis)
     xhat = (x - _bcast(mean, x, axis)) * _bcast(rstd, x, axis)
     dbias = dy.sum(axes)
@@ -76,7 +85,9 @@ def batch_norm_backward_train(dy, x, mean, rstd, weight=None, axis=1):
     return dx, dweight, dbias
 
 
-def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+def layer_norm(x: np.ndarray, normalized_shape: int | Sequence[int],
+               weight: np.ndarray | None = None, bias: np.ndarray | None = None,
+               eps: float = 1e-5) -> _Triple:
     axes = tuple(range(x.ndim - len(np.atleast_1d(normalized_shape)), x.ndim))
     mean = x.mean(axes, keepdims=True)
     rstd = 1 / np.sqrt(x.var(axes, keepdims=True) + x.dtype.type(eps))
@@ -86,7 +97,9 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     return y, mean, rstd
 
 
-def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None):
+def layer_norm_backward(dy: np.ndarray, x: np.ndarray, normalized_shape: int | Sequence[int],
+                        mean: np.ndarray, rstd: np.ndarray,
+                        weight: np.ndarray | None = None) -> _Triple:
     k = len(np.atleast_1d(normalized_shape))
     axes = tuple(range(x.ndim - k, x.ndim))
     lead = tuple(range(x.ndim - k))
@@ -97,14 +110,16 @@ def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None):
     return dx, (dy * xhat).sum(lead), dy.sum(lead)
 
 
-def rms_norm(x, normalized_shape, weight=None, eps=1e-6):
+def rms_norm(x: np.ndarray, normalized_shape: int | Sequence[int], weight: np.ndarray | None = None,
+             eps: float = 1e-6) -> _Pair:
     axes = tuple(range(x.ndim - len(np.atleast_1d(normalized_shape)), x.ndim))
     rstd = 1 / np.sqrt((x * x).mean(axes, keepdims=True) + x.dtype.type(eps))
     y = x * rstd
     return (y if weight is None else y * weight), rstd
 
 
-def rms_norm_backward(dy, x, normalized_shape, rstd, weight=None):
+def rms_norm_backward(dy: np.ndarray, x: np.ndarray, normalized_shape: int | Sequence[int],
+                      rstd: np.ndarray, weight: np.ndarray | None = None) -> _Pair:
     k = len(np.atleast_1d(normalized_shape))
     axes = tuple(range(x.ndim - k, x.ndim))
     rstd = rstd.reshape(rstd.shape + (1,) * k) if rstd.ndim < x.ndim else rstd
@@ -123,7 +138,8 @@ def _grouped(x, num_groups, axis):
     return x.reshape(n, -1, num_groups, c // num_groups), (1, 3)
 
 
-def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, axis=1):
+def group_norm(x: np.ndarray, num_groups: int, weight: np.ndarray | None = None,
+               bias: np.ndarray | None = None, eps: float = 1e-5, axis: int = 1) -> _Triple:
     xg, axes = _grouped(x, num_groups, axis)
     mean = xg.mean(axes, keepdims=True)
     rstd = 1 / np.sqrt(xg.var(axes, keepdims=True) + x.dtype.type(eps))
@@ -133,7 +149,9 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, axis=1):
     return y, mean.reshape(x.shape[0], num_groups), rstd.reshape(x.shape[0], num_groups)
 
 
-def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, axis=1):
+def group_norm_backward(dy: np.ndarray, x: np.ndarray, num_groups: int, mean: np.ndarray,
+                        rstd: np.ndarray, weight: np.ndarray | None = None,
+                        axis: int = 1) -> _Triple:
     n = x.shape[0]
     xg, axes = _grouped(x, num_groups, axis)
     stat = (n, num_groups, 1, 1) if axes == (2, 3) else (n, 1, num_groups, 1)

@@ -14,11 +14,14 @@ Conventions shared by every function (see the README's "Conventions"):
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any, NamedTuple, SupportsIndex, TypeAlias
 
 import numpy as np
 
 from . import _checks
+from ._device import is_cuda_array
 from .cpu import _arrays as _cpu_arrays
 from .cpu import batch_norm as _cpu_bn
 from .cpu import group_norm as _cpu_gn
@@ -41,21 +44,32 @@ __all__ = [
     "instance_norm_backward",
 ]
 
+#: The static type of every array argument and result: a NumPy array (or anything
+#: ``np.asarray`` takes) on the host; on the GPU a device array (anything with
+#: ``__cuda_array_interface__``), results being numba device arrays.  It is ``Any``
+#: because the two share no static type and numba-cuda is optional.
+Array: TypeAlias = Any
+
+#: A ``(count, mean, m2)`` triple, as :func:`moments` returns it (and, with any
+#: integer count, as :func:`merge_moments` takes it).
+Moments: TypeAlias = tuple[int, Array, Array]
+_MomentsIn: TypeAlias = tuple[SupportsIndex, Array, Array]
+
 
 class _Backend(NamedTuple):
     """One backend's modules.  :mod:`fastbn.cpu` and :mod:`fastbn.cuda` mirror each
     other: the same module names, and in each the same functions with the same
     signatures, which only compute on inputs validated and prepared here."""
 
-    arrays: object  # the array primitives (wrap, empty, contiguous, copy, ...)
-    batch_norm: object  # moments, forward_train, update_running, inference, backward
-    group_norm: object  # forward, backward
-    layer_norm: object  # forward, backward (layer norm and RMS norm)
-    moments: object  # merge, to_stats
+    arrays: ModuleType  # the array primitives (wrap, empty, contiguous, copy, ...)
+    batch_norm: ModuleType  # moments, forward_train, update_running, inference, backward
+    group_norm: ModuleType  # forward, backward
+    layer_norm: ModuleType  # forward, backward (layer norm and RMS norm)
+    moments: ModuleType  # merge, to_stats
 
 
 _CPU = _Backend(_cpu_arrays, _cpu_bn, _cpu_gn, _cpu_ln, _cpu_moments)
-_CUDA: list = []
+_CUDA: list[_Backend] = []
 
 
 def _cuda() -> _Backend:
@@ -80,7 +94,7 @@ def _cuda() -> _Backend:
 def _backend(*arrays) -> _Backend:
     """The backend of a call: the GPU when any of ``arrays`` is a device array (x for
     the ops), else the CPU.  Arrays on the other device are refused by validation."""
-    return _cuda() if any(_checks.is_cuda_array(a) for a in arrays) else _CPU
+    return _cuda() if any(is_cuda_array(a) for a in arrays) else _CPU
 
 
 # --- the fast path ------------------------------------------------------------------
@@ -257,20 +271,20 @@ def _channel_input(x, axis):
 
 
 def batch_norm(
-    x: np.ndarray,
-    weight: np.ndarray | None = None,
-    bias: np.ndarray | None = None,
-    running_mean: np.ndarray | None = None,
-    running_var: np.ndarray | None = None,
+    x: Array,
+    weight: Array | None = None,
+    bias: Array | None = None,
+    running_mean: Array | None = None,
+    running_var: Array | None = None,
     *,
     training: bool = True,
     momentum: float = 0.1,
     eps: float = 1e-5,
     axis: int = 1,
-    out: np.ndarray | None = None,
+    out: Array | None = None,
     activation: str | None = None,
-    residual: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    residual: Array | None = None,
+) -> tuple[Array, Array, Array]:
     r"""Batch normalization over every axis of ``x`` but the channel axis.
 
     Parameters
@@ -376,6 +390,7 @@ def batch_norm(
     wk, bk = xp.param(w, c, 1.0, cdtype), xp.param(b, c, 0.0, cdtype)
     if not training:
         mean, rstd = xp.empty(c, sdtype), xp.empty(c, sdtype)
+        assert rm is not None and rv is not None  # running_stats(required=True) checked them
         rm, rv = (xp.contiguous(a, np.float32) if a.dtype == np.float16 else a  # read as float32
                   for a in (rm, rv))
         be.batch_norm.inference(x3, rm, rv, eps, wk, bk, y3, mean, rstd, res3, relu)
@@ -401,18 +416,18 @@ def _update_running(running_mean, running_var, mean, m2, m, momentum, be=None):
 
 
 def batch_norm_backward(
-    dy: np.ndarray,
-    x: np.ndarray,
-    mean: np.ndarray,
-    rstd: np.ndarray,
-    weight: np.ndarray | None = None,
+    dy: Array,
+    x: Array,
+    mean: Array,
+    rstd: Array,
+    weight: Array | None = None,
     *,
     training: bool = True,
     axis: int = 1,
     activation: str | None = None,
-    y: np.ndarray | None = None,
-    dresidual: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    y: Array | None = None,
+    dresidual: Array | None = None,
+) -> tuple[Array, Array, Array]:
     r"""Gradients of :func:`batch_norm` with respect to x, weight and bias.
 
     Parameters
@@ -501,7 +516,7 @@ def batch_norm_backward(
             xp.cast(dbias, sdtype))
 
 
-def moments(x: np.ndarray, axis: int = 1) -> tuple[int, np.ndarray, np.ndarray]:
+def moments(x: Array, axis: int = 1) -> Moments:
     """Per-channel ``(count, mean, m2)``: ``m2`` is the sum of squared deviations.
 
     The mergeable form of the statistics: :func:`merge_moments` combines the
@@ -519,7 +534,7 @@ def moments(x: np.ndarray, axis: int = 1) -> tuple[int, np.ndarray, np.ndarray]:
     return count, mean, m2
 
 
-def merge_moments(a, b) -> tuple[int, np.ndarray, np.ndarray]:
+def merge_moments(a: _MomentsIn, b: _MomentsIn) -> Moments:
     """Chan's exact merge of two ``(count, mean, m2)`` triples; either may be empty.
 
     ``delta = mean_b - mean_a``, ``n = n_a + n_b``,
@@ -551,7 +566,8 @@ def merge_moments(a, b) -> tuple[int, np.ndarray, np.ndarray]:
     return na + nb, mean.reshape(shape), m2.reshape(shape)
 
 
-def moments_to_stats(count, mean, m2, eps: float = 1e-5):
+def moments_to_stats(count: SupportsIndex, mean: Array, m2: Array,
+                     eps: float = 1e-5) -> tuple[Array, Array, Array]:
     """``(mean, rstd, unbiased_var)`` from moments: ``rstd = 1/sqrt(m2/count + eps)``.
 
     ``unbiased_var = m2 / (count - 1)`` (the running-variance convention); it
@@ -639,14 +655,14 @@ def _rows_backward(dy, x, normalized_shape, mean, rstd, weight, center):
 
 
 def layer_norm(
-    x: np.ndarray,
-    normalized_shape,
-    weight: np.ndarray | None = None,
-    bias: np.ndarray | None = None,
+    x: Array,
+    normalized_shape: int | Sequence[int],
+    weight: Array | None = None,
+    bias: Array | None = None,
     *,
     eps: float = 1e-5,
-    out: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    out: Array | None = None,
+) -> tuple[Array, Array, Array]:
     r"""Layer normalization over the trailing ``normalized_shape`` dimensions.
 
     Parameters
@@ -687,13 +703,13 @@ def layer_norm(
 
 
 def layer_norm_backward(
-    dy: np.ndarray,
-    x: np.ndarray,
-    normalized_shape,
-    mean: np.ndarray,
-    rstd: np.ndarray,
-    weight: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    dy: Array,
+    x: Array,
+    normalized_shape: int | Sequence[int],
+    mean: Array,
+    rstd: Array,
+    weight: Array | None = None,
+) -> tuple[Array, Array, Array]:
     r"""Gradients of :func:`layer_norm`: ``(dx, dweight, dbias)``.
 
     With ``xhat = (x - mean) * rstd`` and ``dy_hat = dy * weight`` per row:
@@ -706,13 +722,13 @@ def layer_norm_backward(
 
 
 def rms_norm(
-    x: np.ndarray,
-    normalized_shape,
-    weight: np.ndarray | None = None,
+    x: Array,
+    normalized_shape: int | Sequence[int],
+    weight: Array | None = None,
     *,
     eps: float = 1e-6,
-    out: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    out: Array | None = None,
+) -> tuple[Array, Array]:
     r"""RMS normalization: ``y = x / sqrt(mean(x**2) + eps) * weight`` per row.
 
     The mean of squares is accumulated in float64.  Returns ``(y, rstd)``,
@@ -725,12 +741,12 @@ def rms_norm(
 
 
 def rms_norm_backward(
-    dy: np.ndarray,
-    x: np.ndarray,
-    normalized_shape,
-    rstd: np.ndarray,
-    weight: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    dy: Array,
+    x: Array,
+    normalized_shape: int | Sequence[int],
+    rstd: Array,
+    weight: Array | None = None,
+) -> tuple[Array, Array]:
     r"""Gradients of :func:`rms_norm`: ``(dx, dweight)``.
 
     With ``xhat = x * rstd``, ``dy_hat = dy * weight``:
@@ -745,15 +761,15 @@ def rms_norm_backward(
 
 
 def group_norm(
-    x: np.ndarray,
+    x: Array,
     num_groups: int,
-    weight: np.ndarray | None = None,
-    bias: np.ndarray | None = None,
+    weight: Array | None = None,
+    bias: Array | None = None,
     *,
     eps: float = 1e-5,
     axis: int = 1,
-    out: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    out: Array | None = None,
+) -> tuple[Array, Array, Array]:
     r"""Group normalization: per sample, over groups of ``C / num_groups`` channels.
 
     Parameters
@@ -819,15 +835,15 @@ def group_norm(
 
 
 def group_norm_backward(
-    dy: np.ndarray,
-    x: np.ndarray,
+    dy: Array,
+    x: Array,
     num_groups: int,
-    mean: np.ndarray,
-    rstd: np.ndarray,
-    weight: np.ndarray | None = None,
+    mean: Array,
+    rstd: Array,
+    weight: Array | None = None,
     *,
     axis: int = 1,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[Array, Array, Array]:
     r"""Gradients of :func:`group_norm`: ``(dx, dweight, dbias)``.
 
     Per group of ``m`` values with ``xhat = (x - mean) * rstd`` and
@@ -864,14 +880,14 @@ def group_norm_backward(
 
 
 def instance_norm(
-    x: np.ndarray,
-    weight: np.ndarray | None = None,
-    bias: np.ndarray | None = None,
+    x: Array,
+    weight: Array | None = None,
+    bias: Array | None = None,
     *,
     eps: float = 1e-5,
     axis: int = 1,
-    out: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    out: Array | None = None,
+) -> tuple[Array, Array, Array]:
     """Instance normalization: :func:`group_norm` with one group per channel.
 
     Returns ``(y, mean, rstd)`` with statistics of shape (N, C).
@@ -882,14 +898,14 @@ def instance_norm(
 
 
 def instance_norm_backward(
-    dy: np.ndarray,
-    x: np.ndarray,
-    mean: np.ndarray,
-    rstd: np.ndarray,
-    weight: np.ndarray | None = None,
+    dy: Array,
+    x: Array,
+    mean: Array,
+    rstd: Array,
+    weight: Array | None = None,
     *,
     axis: int = 1,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[Array, Array, Array]:
     """Gradients of :func:`instance_norm`: :func:`group_norm_backward` with ``G = C``."""
     x = _checks.float_array(x, "x", _backend(x).arrays)
     c = x.shape[_checks.group_axis(axis, tuple(x.shape))]

@@ -28,7 +28,12 @@ normalized together, with ``dy_hat = dy * weight``:
     dx = (dy_hat - (xhat * c1 + c2)) * rstd
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "batch_norm_train",
@@ -46,6 +51,10 @@ __all__ = [
     "instance_norm",
     "instance_norm_backward",
 ]
+
+#: What the functions return: a pair or a triple of arrays.
+_Pair = tuple[np.ndarray, np.ndarray]
+_Triple = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _per_channel(a, axis):
@@ -69,7 +78,7 @@ def _affine(weight, bias, channels):
     return w[:, None], b[:, None]
 
 
-def moments(x, axis=1):
+def moments(x: ArrayLike, axis: int = 1) -> tuple[int, np.ndarray, np.ndarray]:
     r"""Per-channel count, mean and sum of squared deviations (two-pass).
 
     ``count = m``, ``mean = sum(x) / m``, ``m2 = sum((x - mean)**2)``.
@@ -79,7 +88,8 @@ def moments(x, axis=1):
     return xc.shape[1], mean, ((xc - mean[:, None]) ** 2).sum(axis=1)
 
 
-def batch_norm_train(x, weight=None, bias=None, eps=1e-5, axis=1):
+def batch_norm_train(x: ArrayLike, weight: ArrayLike | None = None, bias: ArrayLike | None = None,
+                     eps: float = 1e-5, axis: int = 1) -> _Triple:
     r"""Training-mode batch norm with batch statistics.
 
     Returns ``(y, mean, rstd)`` with ``y = weight * (x - mean) * rstd + bias``
@@ -93,8 +103,9 @@ def batch_norm_train(x, weight=None, bias=None, eps=1e-5, axis=1):
     return _like(y, x, axis), mean, rstd
 
 
-def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, eps=1e-5,
-                         axis=1):
+def batch_norm_inference(x: ArrayLike, running_mean: ArrayLike, running_var: ArrayLike,
+                         weight: ArrayLike | None = None, bias: ArrayLike | None = None,
+                         eps: float = 1e-5, axis: int = 1) -> np.ndarray:
     r"""Inference-mode batch norm: ``y = weight * (x - rm) / sqrt(rv + eps) + bias``."""
     xc = _per_channel(x, axis)
     rm = np.asarray(running_mean, dtype=np.float64)[:, None]
@@ -103,7 +114,8 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, e
     return _like((xc - rm) * rstd * w + b, x, axis)
 
 
-def update_running_stats(running_mean, running_var, x, momentum=0.1, axis=1):
+def update_running_stats(running_mean: ArrayLike, running_var: ArrayLike, x: ArrayLike,
+                         momentum: float = 0.1, axis: int = 1) -> _Pair:
     r"""New running statistics after one training step on ``x`` (PyTorch's rule).
 
     ``rm' = (1 - momentum) * rm + momentum * mean`` and
@@ -117,7 +129,8 @@ def update_running_stats(running_mean, running_var, x, momentum=0.1, axis=1):
     return (1 - momentum) * rm + momentum * mean, (1 - momentum) * rv + momentum * unbiased
 
 
-def batch_norm_backward_train(dy, x, mean, rstd, weight=None, axis=1):
+def batch_norm_backward_train(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, rstd: ArrayLike,
+                              weight: ArrayLike | None = None, axis: int = 1) -> _Triple:
     r"""Gradient of training-mode batch norm, through the batch statistics.
 
     With ``xhat = (x - mean) * rstd`` and ``dy_hat = dy * weight``:
@@ -146,7 +159,8 @@ def batch_norm_backward_train(dy, x, mean, rstd, weight=None, axis=1):
     return _like(dx, x, axis), (dyc * xhat).sum(axis=1), dyc.sum(axis=1)
 
 
-def batch_norm_backward_frozen(dy, x, mean, rstd, weight=None, axis=1):
+def batch_norm_backward_frozen(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, rstd: ArrayLike,
+                               weight: ArrayLike | None = None, axis: int = 1) -> _Triple:
     r"""Gradient of batch norm with frozen (running) statistics.
 
     ``mean`` and ``rstd`` are constants, so ``dx = dy * weight * rstd``;
@@ -185,7 +199,8 @@ def _normalized_backward(dy_hat, xhat, rstd, center):
     return (dy_hat - (xhat * c1 + c2)) * rstd
 
 
-def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+def layer_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayLike | None = None,
+               bias: ArrayLike | None = None, eps: float = 1e-5) -> _Triple:
     r"""Layer norm over the trailing ``normalized_shape`` dims.
 
     Per row: ``mean = sum(x) / D``, ``var = sum((x - mean)**2) / D`` (biased),
@@ -200,7 +215,9 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     return y.reshape(np.shape(x)), mean.reshape(lead), rstd.reshape(lead)
 
 
-def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None):
+def layer_norm_backward(dy: ArrayLike, x: ArrayLike, normalized_shape: int | Sequence[int],
+                        mean: ArrayLike, rstd: ArrayLike,
+                        weight: ArrayLike | None = None) -> _Triple:
     r"""Gradient of :func:`layer_norm`: ``(dx, dweight, dbias)``.
 
     ``dweight = sum over rows of dy * xhat``, ``dbias = sum over rows of dy``
@@ -216,7 +233,8 @@ def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None):
             dyr.sum(axis=0).reshape(shape))
 
 
-def rms_norm(x, normalized_shape, weight=None, eps=1e-6):
+def rms_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayLike | None = None,
+             eps: float = 1e-6) -> _Pair:
     r"""RMS norm: ``y = x / sqrt(mean(x**2) + eps) * weight`` per row; returns ``(y, rstd)``."""
     xr, lead, shape = _rows_of(x, normalized_shape)
     rstd = 1.0 / np.sqrt((xr * xr).mean(axis=1, keepdims=True) + eps)
@@ -224,7 +242,8 @@ def rms_norm(x, normalized_shape, weight=None, eps=1e-6):
     return y.reshape(np.shape(x)), rstd.reshape(lead)
 
 
-def rms_norm_backward(dy, x, normalized_shape, rstd, weight=None):
+def rms_norm_backward(dy: ArrayLike, x: ArrayLike, normalized_shape: int | Sequence[int],
+                      rstd: ArrayLike, weight: ArrayLike | None = None) -> _Pair:
     r"""Gradient of :func:`rms_norm`: ``(dx, dweight)``, with ``xhat = x * rstd``, ``c2 = 0``."""
     xr, _, shape = _rows_of(x, normalized_shape)
     dyr = _rows_of(dy, normalized_shape)[0]
@@ -249,7 +268,8 @@ def _per_channel_params(a, channels, default, spatial):
     return a.reshape((1, channels) + (1,) * spatial)
 
 
-def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, axis=1):
+def group_norm(x: ArrayLike, num_groups: int, weight: ArrayLike | None = None,
+               bias: ArrayLike | None = None, eps: float = 1e-5, axis: int = 1) -> _Triple:
     r"""Group norm: statistics per sample over each group of ``C / G`` consecutive
     channels and all spatial positions; per-channel ``weight``/``bias``.
 
@@ -265,7 +285,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, axis=1):
     return np.moveaxis(y, 1, axis), mean[..., 0], rstd[..., 0]
 
 
-def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, axis=1):
+def group_norm_backward(dy: ArrayLike, x: ArrayLike, num_groups: int, mean: ArrayLike,
+                        rstd: ArrayLike, weight: ArrayLike | None = None, axis: int = 1) -> _Triple:
     r"""Gradient of :func:`group_norm`: ``(dx, dweight, dbias)``, dweight/dbias per channel.
 
     ``dx`` by the shared formula with ``m = C / G * spatial`` values per group.
@@ -286,11 +307,13 @@ def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, axis=1):
     return np.moveaxis(dx.reshape(moved), 1, axis), dweight, dbias
 
 
-def instance_norm(x, weight=None, bias=None, eps=1e-5, axis=1):
+def instance_norm(x: ArrayLike, weight: ArrayLike | None = None, bias: ArrayLike | None = None,
+                  eps: float = 1e-5, axis: int = 1) -> _Triple:
     """Instance norm: :func:`group_norm` with one group per channel."""
     return group_norm(x, np.shape(x)[axis], weight, bias, eps, axis)
 
 
-def instance_norm_backward(dy, x, mean, rstd, weight=None, axis=1):
+def instance_norm_backward(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, rstd: ArrayLike,
+                           weight: ArrayLike | None = None, axis: int = 1) -> _Triple:
     """Gradient of :func:`instance_norm`."""
     return group_norm_backward(dy, x, np.shape(x)[axis], mean, rstd, weight, axis)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 class Module:
@@ -82,7 +83,7 @@ class Module:
         """Copies of the parameters and buffers under PyTorch's key names."""
         return {k: np.array(v, copy=True) for k, v in self.named_state().items()}
 
-    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+    def load_state_dict(self, state: Mapping[str, ArrayLike]) -> None:
         """Copy ``state`` into the layer's arrays (cast to their dtypes).
 
         Every key, shape and value is checked before anything is written, so a

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+from numpy.typing import DTypeLike
 
 from ._module import Module
 
@@ -32,6 +34,7 @@ __all__ = [
 
 RngLike = np.random.Generator | int | None
 IntPair = int | tuple[int, int]
+_T = TypeVar("_T")
 
 
 # -- helpers ---------------------------------------------------------------
@@ -40,7 +43,7 @@ def _as_rng(rng: RngLike) -> np.random.Generator:
     return np.random.default_rng(rng)
 
 
-def _float_dtype(dtype) -> np.dtype:
+def _float_dtype(dtype: DTypeLike) -> np.dtype:
     dt = np.dtype(dtype)
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"dtype must be float32 or float64; got {dt}")
@@ -82,9 +85,10 @@ def _check_features(x: np.ndarray, ndim: int, axis: int, size: int | None, layer
         raise ValueError(f"{layer}: input must have shape {layout}; got shape {x.shape}")
 
 
-def _need(saved, layer: str) -> None:
+def _need(saved: _T | None, layer: str) -> _T:
     if saved is None:
         raise RuntimeError(f"{layer}.backward called before forward")
+    return saved
 
 
 def _check_dy(dy: np.ndarray, shape: tuple[int, ...], layer: str) -> None:
@@ -139,7 +143,7 @@ class Dense(Module):
 
     def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True,
                  init: str = "he", scale: float = 1.0, rng: RngLike = None,
-                 dtype=np.float32) -> None:
+                 dtype: DTypeLike = np.float32) -> None:
         super().__init__()
         if int(in_features) < 1 or int(out_features) < 1:
             raise ValueError(f"Dense: in_features and out_features must be >= 1; got "
@@ -169,8 +173,7 @@ class Dense(Module):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """``dx = dy @ weight``; writes ``grads["weight"] = dy.T @ x`` and
         ``grads["bias"] = dy.sum(0)``."""
-        x = self._x
-        _need(x, "Dense")
+        x = _need(self._x, "Dense")
         dy = np.asarray(dy)
         _check_dy(dy, (x.shape[0], self.out_features), "Dense")
         self.grads["weight"][...] = dy.T @ x
@@ -244,7 +247,7 @@ class Conv2d(Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair, *,
                  stride: IntPair = 1, padding: IntPair = 0, use_bias: bool = True,
                  init: str = "he", scale: float = 1.0, rng: RngLike = None,
-                 dtype=np.float32) -> None:
+                 dtype: DTypeLike = np.float32) -> None:
         super().__init__()
         if int(in_channels) < 1 or int(out_channels) < 1:
             raise ValueError(f"Conv2d: in_channels and out_channels must be >= 1; got "
@@ -326,8 +329,7 @@ class Conv2d(Module):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """Input gradient (N, C, H, W); writes ``grads["weight"]`` and ``grads["bias"]``."""
-        cols = self._cols
-        _need(cols, "Conv2d")
+        cols = _need(self._cols, "Conv2d")
         n, c, h, w = self._x_shape
         ho, wo = self._out_hw
         o = self.out_channels
@@ -391,8 +393,7 @@ class ReLU(Module):
         return np.maximum(x, 0)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        mask = self._mask
-        _need(mask, "ReLU")
+        mask = _need(self._mask, "ReLU")
         dy = np.asarray(dy)
         _check_dy(dy, mask.shape, "ReLU")
         return np.where(mask, dy, 0)
@@ -435,9 +436,9 @@ class Dropout(Module):
         return x * self._mask
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        _need(self._shape, "Dropout")
+        shape = _need(self._shape, "Dropout")
         dy = np.asarray(dy)
-        _check_dy(dy, self._shape, "Dropout")
+        _check_dy(dy, shape, "Dropout")
         if self._mask is None:
             return dy
         return dy * self._mask
@@ -494,8 +495,7 @@ class MaxPool2d(Module):
         return windows.max(axis=0)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        idx = self._argmax
-        _need(idx, "MaxPool2d")
+        idx = _need(self._argmax, "MaxPool2d")
         dy = np.asarray(dy)
         _check_dy(dy, idx.shape, "MaxPool2d")
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
@@ -532,8 +532,7 @@ class GlobalAvgPool2d(Module):
         return x.mean(axis=(2, 3))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        shape = self._x_shape
-        _need(shape, "GlobalAvgPool2d")
+        shape = _need(self._x_shape, "GlobalAvgPool2d")
         dy = np.asarray(dy)
         _check_dy(dy, shape[:2], "GlobalAvgPool2d")
         dx = np.empty(shape, dtype=dy.dtype)
@@ -562,8 +561,7 @@ class Flatten(Module):
         return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        shape = self._x_shape
-        _need(shape, "Flatten")
+        shape = _need(self._x_shape, "Flatten")
         dy = np.asarray(dy)
         _check_dy(dy, (shape[0], math.prod(shape[1:])), "Flatten")
         return dy.reshape(shape)

@@ -20,13 +20,18 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from .. import _checks
 from .. import functional as F  # looked up at call time: experiments may swap it
 from ._module import Module
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
 
 __all__ = [
     "BatchNorm",
@@ -49,8 +54,15 @@ def _count(value, name: str) -> int:
     return int(value)
 
 
+def _integer(value, name: str) -> int:
+    """``value`` as an int: any integer type but bool (else TypeError)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer; got {value!r}")
+    return int(value)
+
+
 def _shape(normalized_shape) -> tuple[int, ...]:
-    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+    if not isinstance(normalized_shape, bool) and isinstance(normalized_shape, numbers.Integral):
         normalized_shape = (normalized_shape,)
     try:
         shape = tuple(_count(d, "normalized_shape") for d in normalized_shape)
@@ -150,24 +162,27 @@ class BatchNorm(Module):
 
     Examples
     --------
+    >>> import numpy as np
+    >>> from fastbn.nn import BatchNorm
+    >>> x = np.random.default_rng(0).normal(3, 2, (32, 64, 8, 8)).astype(np.float32)
     >>> bn = BatchNorm(64)
     >>> y = bn(x)                  # training: batch statistics, running stats updated
-    >>> dx = bn.backward(dy)       # bn.grads["weight"], bn.grads["bias"] filled
+    >>> dx = bn.backward(np.ones_like(y))   # bn.grads["weight"], bn.grads["bias"] filled
     >>> y_eval = bn.eval()(x)      # inference with the running statistics
+    >>> int(bn.state_dict()["num_batches_tracked"]), bn.num_params()
+    (1, (128, 128))
     """
 
     def __init__(self, num_features: int, *, momentum: float | None = 0.1, eps: float = 1e-5,
                  axis: int = 1, affine: bool = True, track_running_stats: bool = True,
                  activation: str | None = None, virtual_batch_size: int | None = None,
                  renorm: bool = False, rmax: float = 3.0, dmax: float = 5.0,
-                 dtype=np.float32) -> None:
+                 dtype: DTypeLike = np.float32) -> None:
         super().__init__()
         self.num_features = _count(num_features, "num_features")
         self.momentum = None if momentum is None else _checks.unit_momentum(momentum)
         self.eps = _checks.positive_eps(eps)
-        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-            raise TypeError(f"axis must be an integer; got {axis!r}")
-        self.axis = int(axis)
+        self.axis = _integer(axis, "axis")
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
         _checks.activation(activation)
@@ -192,7 +207,7 @@ class BatchNorm(Module):
             self.buffers["running_mean"] = np.zeros(c, self.dtype)
             self.buffers["running_var"] = np.ones(c, self.dtype)
             self.buffers["num_batches_tracked"] = np.zeros((), np.int64)
-        self._saved = None
+        self._saved: tuple[Any, ...] | None = None
 
     def extra_repr(self) -> str:
         s = f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, axis={self.axis}"
@@ -276,6 +291,7 @@ class BatchNorm(Module):
         # Batch renormalization: r and d from the batch and running statistics
         # (float64), then one elementwise pass with the batch statistics and the
         # effective affine (weight * r, weight * d + bias).
+        assert rm is not None and rv is not None  # renorm needs track_running_stats
         count, mu_b, m2 = F.moments(x, axis=self.axis)
         var_b = m2 / count
         sigma_b = np.sqrt(var_b + self.eps)
@@ -317,9 +333,11 @@ class BatchNorm(Module):
 
     # -- Keras interop -----------------------------------------------------
     @classmethod
-    def from_keras(cls, gamma=None, beta=None, moving_mean=None, moving_variance=None, *,
-                   momentum: float = 0.99, epsilon: float = 1e-3, axis: int = -1,
-                   dtype=np.float32) -> BatchNorm:
+    def from_keras(cls, gamma: ArrayLike | None = None, beta: ArrayLike | None = None,
+                   moving_mean: ArrayLike | None = None,
+                   moving_variance: ArrayLike | None = None, *, momentum: float = 0.99,
+                   epsilon: float = 1e-3, axis: int = -1,
+                   dtype: DTypeLike = np.float32) -> BatchNorm:
         """A layer from Keras ``BatchNormalization`` weights and settings.
 
         ``layer.get_weights()`` of a Keras layer is ``[gamma, beta,
@@ -374,9 +392,10 @@ class BatchNorm(Module):
         }
 
 
-def from_keras(gamma=None, beta=None, moving_mean=None, moving_variance=None, *,
-               momentum: float = 0.99, epsilon: float = 1e-3, axis: int = -1,
-               dtype=np.float32) -> BatchNorm:
+def from_keras(gamma: ArrayLike | None = None, beta: ArrayLike | None = None,
+               moving_mean: ArrayLike | None = None, moving_variance: ArrayLike | None = None,
+               *, momentum: float = 0.99, epsilon: float = 1e-3, axis: int = -1,
+               dtype: DTypeLike = np.float32) -> BatchNorm:
     """:meth:`BatchNorm.from_keras` as a function."""
     return BatchNorm.from_keras(gamma, beta, moving_mean, moving_variance, momentum=momentum,
                                 epsilon=epsilon, axis=axis, dtype=dtype)
@@ -427,7 +446,8 @@ def recompute_statistics(model: Module, batches: Iterable) -> int:
         model.eval()
         for layer in layers:
             layer.training = True
-            layer.forward = _recording(layer)
+            # an instance attribute shadowing the method; ``del layer.forward`` restores it
+            layer.forward = _recording(layer)  # type: ignore[method-assign]
             hooks.append(layer)
         seen = 0
         for batch in batches:
@@ -469,7 +489,7 @@ class _TrailingNorm(Module):
         if self.elementwise_affine:  # weight starts at 1, bias at 0
             for name, fill in zip(names, (1.0, 0.0), strict=False):
                 self._add_param(name, np.full(self.normalized_shape, fill, self.dtype))
-        self._saved = None
+        self._saved: tuple[Any, ...] | None = None
 
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}"
@@ -486,8 +506,8 @@ class LayerNorm(_TrailingNorm):
     no running statistics.  ``LayerNorm(768).num_params() == (1536, 0)``.
     """
 
-    def __init__(self, normalized_shape, *, eps: float = 1e-5, elementwise_affine: bool = True,
-                 dtype=np.float32) -> None:
+    def __init__(self, normalized_shape: int | Sequence[int], *, eps: float = 1e-5,
+                 elementwise_affine: bool = True, dtype: DTypeLike = np.float32) -> None:
         super().__init__(normalized_shape, eps, elementwise_affine, dtype, ("weight", "bias"))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -513,8 +533,8 @@ class RMSNorm(_TrailingNorm):
     dtype's machine epsilon; pass it explicitly when matching torch).
     """
 
-    def __init__(self, normalized_shape, *, eps: float = 1e-6, elementwise_affine: bool = True,
-                 dtype=np.float32) -> None:
+    def __init__(self, normalized_shape: int | Sequence[int], *, eps: float = 1e-6,
+                 elementwise_affine: bool = True, dtype: DTypeLike = np.float32) -> None:
         super().__init__(normalized_shape, eps, elementwise_affine, dtype, ("weight",))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -541,7 +561,7 @@ class GroupNorm(Module):
     """
 
     def __init__(self, num_groups: int, num_channels: int, *, eps: float = 1e-5,
-                 affine: bool = True, axis: int = 1, dtype=np.float32) -> None:
+                 affine: bool = True, axis: int = 1, dtype: DTypeLike = np.float32) -> None:
         super().__init__()
         self.num_channels = _count(num_channels, "num_channels")
         self.num_groups = _checks.groups(num_groups, self.num_channels, (None, num_channels))
@@ -552,7 +572,7 @@ class GroupNorm(Module):
         if self.affine:
             self._add_param("weight", np.ones(self.num_channels, self.dtype))
             self._add_param("bias", np.zeros(self.num_channels, self.dtype))
-        self._saved = None
+        self._saved: tuple[Any, ...] | None = None
 
     def extra_repr(self) -> str:
         return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, axis={self.axis}"
@@ -585,7 +605,7 @@ class InstanceNorm(GroupNorm):
     """
 
     def __init__(self, num_features: int, *, eps: float = 1e-5, affine: bool = True,
-                 axis: int = 1, dtype=np.float32) -> None:
+                 axis: int = 1, dtype: DTypeLike = np.float32) -> None:
         super().__init__(num_features, num_features, eps=eps, affine=affine, axis=axis,
                          dtype=dtype)
 
@@ -615,9 +635,9 @@ class SyncBatchNorm(BatchNorm):
         As for :class:`BatchNorm`.
     """
 
-    def __init__(self, num_features: int, *, comm, momentum: float | None = 0.1,
+    def __init__(self, num_features: int, *, comm: MPI.Comm, momentum: float | None = 0.1,
                  eps: float = 1e-5, axis: int = 1, affine: bool = True,
-                 dtype=np.float32) -> None:
+                 dtype: DTypeLike = np.float32) -> None:
         super().__init__(num_features, momentum=momentum, eps=eps, axis=axis, affine=affine,
                          dtype=dtype)
         if not all(hasattr(comm, name) for name in ("Allgather", "Allreduce", "Get_size")):

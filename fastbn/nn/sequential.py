@@ -38,9 +38,15 @@ class Sequential(Module):
 
     Examples
     --------
+    >>> import numpy as np
+    >>> from fastbn.nn import BatchNorm, Dense, ReLU, Sequential
     >>> model = Sequential(Dense(784, 128, use_bias=False), BatchNorm(128), ReLU(),
-    ...                    Dense(128, 10))                              # doctest: +SKIP
-    >>> logits = model(x); dx = model.backward(dlogits)                 # doctest: +SKIP
+    ...                    Dense(128, 10))
+    >>> x = np.random.default_rng(0).normal(size=(32, 784)).astype(np.float32)
+    >>> logits = model(x)
+    >>> dx = model.backward(np.ones_like(logits))
+    >>> logits.shape, dx.shape
+    ((32, 10), (32, 784))
     """
 
     def __init__(self, *layers: Module) -> None:
