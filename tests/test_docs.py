@@ -179,3 +179,13 @@ def test_the_api_check_sees_a_missing_name(tmp_path):
     documented = documented_names()
     assert "fastbn.batch_norm" in documented and "fastbn.nn.BatchNorm" in documented
     assert "fastbn.not_a_name" not in documented
+
+
+def test_the_gpu_pages_build_without_a_gpu():
+    """The docs build needs neither numba-cuda nor a GPU: the GPU pages hold no
+    executed cell (their ```python examples run here, on the simulator), and no
+    API page imports ``fastbn.cuda``."""
+    for page in sorted((DOCS / "cuda").glob("*.md")):
+        assert not code_cells(page.read_text()), f"{_rel(page)} has an executed cell"
+    for rst in sorted((DOCS / "reference").glob("*.rst")):
+        assert "fastbn.cuda" not in rst.read_text(), f"{_rel(rst)} documents fastbn.cuda"
