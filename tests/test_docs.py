@@ -16,8 +16,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import doctest
 import importlib
+import io
 import os
 import re
 import runpy
@@ -64,8 +66,20 @@ def test_the_docs_have_examples():
     assert sum(len(code_cells(f.read_text())) for f in markdown_files()) > 0
 
 
+@pytest.fixture
+def restore_config():
+    """A page may set fastbn.config tunables (the GPU page shrinks the simulator's
+    blocks); later tests get the values back."""
+    from fastbn import config
+
+    saved = {k: v for k, v in vars(config).items() if k.isupper()}
+    yield
+    for k, v in saved.items():
+        setattr(config, k, v)
+
+
 @pytest.mark.parametrize("path", FENCED, ids=_rel)
-def test_python_fences_run(path, tmp_path, monkeypatch):
+def test_python_fences_run(path, tmp_path, monkeypatch, restore_config):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__main__"}
     for i, body in enumerate(python_fences(path.read_text()), 1):
@@ -99,9 +113,21 @@ def test_example_scripts_run(script, tmp_path, monkeypatch):
         except subprocess.TimeoutExpired as exc:
             pytest.fail(f"mpiexec -n 2 {_rel(script)} hung:\n{exc.stdout}\n{exc.stderr}")
         assert proc.returncode == 0, proc.stdout + proc.stderr
+        printed = proc.stdout
     else:
         monkeypatch.chdir(tmp_path)
-        runpy.run_path(str(script), run_name="__main__")
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(str(script), run_name="__main__")
+        printed = out.getvalue()
+    # A page that shows the script shows what it prints: the output it quotes is
+    # this run's, to the character.
+    for page in markdown_files():
+        text = page.read_text()
+        if f"examples/{script.name}" in text and "```text" in text:
+            assert printed.strip() in text, (
+                f"{_rel(page)} quotes output of {_rel(script)} that it no longer prints:\n"
+                f"{printed}")
 
 
 #: Modules whose docstring examples run as doctests.

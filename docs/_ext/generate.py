@@ -1012,7 +1012,8 @@ def write_all(srcdir: Path) -> list[Path]:
     outdir = srcdir / "_generated"
     outdir.mkdir(exist_ok=True)
     written = []
-    for name, text in snippets(srcdir).items():
+    texts = dict(snippets(srcdir), **{"headline.md": headline(srcdir)})  # the home page's too
+    for name, text in texts.items():
         _write_text(outdir / name, text)
         written.append(outdir / name)
     written += [outdir / name for name in bench_figures(read_bench(srcdir), outdir)]
