@@ -37,7 +37,7 @@ generate = _load_generate()
 
 #: The committed data that generate.py reads.
 DATA = ["bench-cpu.json", "measurements.json",
-        *(f"experiments/{name}.csv" for name in generate.EXPERIMENTS)]
+        *(f"experiments/{name}.csv" for name in generate.EXPERIMENTS + generate.TIMINGS)]
 
 
 def _pages() -> list[Path]:

@@ -49,6 +49,8 @@ HEADLINE_END = "<!-- headline:end -->"
 
 #: The experiments with a committed CSV, in the order of the guide.
 EXPERIMENTS = ("convergence", "learning-rate", "init", "small-batch", "sync-bn")
+#: The timing runs whose CSVs sit beside the experiments' (profile, Dask, SyncBatchNorm cost).
+TIMINGS = ("profile", "dask-moments", "sync-bn-cost")
 
 #: Columns of the CSVs that hold integers (``report.read_csv`` reads every number as float).
 INT_COLUMNS = {"seed", "epoch", "ranks", "step", "batch_size", "epochs_run", "steps",
@@ -936,6 +938,116 @@ def bench_snippets(srcdir: Path) -> dict[str, str]:
     }
 
 
+# --- timing runs outside the bench: the profile, the Dask reduction, SyncBatchNorm's cost ----
+
+
+def read_timing(srcdir: Path, name: str) -> list[dict]:
+    """``docs/experiments/NAME.csv`` of a timing script, integer columns as ``int``."""
+    from fastbn.experiments import report
+
+    rows = report.read_csv(Path(srcdir) / "experiments" / f"{name}.csv")
+    for row in rows:
+        for key, value in row.items():
+            if isinstance(value, float) and value.is_integer() and key not in (
+                    "step_ms", "norm_ms", "norm_share_pct", "median_ms", "gbps",
+                    "vs_in_memory"):
+                row[key] = int(value)
+    return rows
+
+
+def _run_line(rows: list[dict], command: str) -> str:
+    """Where and when the rows were measured, and by which command."""
+    dates = sorted({str(r["date"]) for r in rows})
+    cpus = sorted({f"{r['cores']} cores of an {r['cpu']}" for r in rows})
+    return (f"Measured with `{command}` on {', '.join(dates)}, on {'; '.join(cpus)} "
+            f"(shared and noisy).\n")
+
+
+def _blas(threads: int) -> str:
+    return "default" if int(threads) <= 0 else str(int(threads))
+
+
+PROFILE_COMMAND = ("python -m fastbn.experiments.profile [--image-size 28] [--blas-threads 0] "
+                   "--csv docs/experiments/profile.csv")
+
+
+def profile_snippets(srcdir: Path) -> dict[str, str]:
+    """The profile page's table and verdicts, and the BLAS sentence of the threads page."""
+    rows = read_timing(srcdir, "profile")
+    table = [{"images": f"{r['image_size']}x{r['image_size']}",
+              "BLAS threads": _blas(r["blas_threads"]), "norm": r["norm"],
+              "backend": r["backend"], "step ms": f"{r['step_ms']:.3f}",
+              "norm layers ms": f"{r['norm_ms']:.3f}",
+              "norm share of the step": f"{r['norm_share_pct']:.1f} %"} for r in rows]
+    verdicts = []
+    configs = dict.fromkeys((r["image_size"], r["blas_threads"], r["norm"]) for r in rows)
+    for size, blas, norm in configs:
+        by = {r["backend"]: r for r in rows
+              if (r["image_size"], r["blas_threads"], r["norm"]) == (size, blas, norm)}
+        if {"fastbn", "numpy formula"} <= set(by):
+            f, n = by["fastbn"], by["numpy formula"]
+            verdicts.append(
+                f"{norm}, {size}x{size} images, BLAS threads {_blas(blas)}: fastbn's "
+                f"normalization layers take {f['norm_ms']:.3f} ms against "
+                f"{n['norm_ms']:.3f} ms with the formula ({n['norm_ms'] / f['norm_ms']:.2f}x); "
+                f"the whole step {f['step_ms']:.3f} ms against {n['step_ms']:.3f} ms "
+                f"({n['step_ms'] / f['step_ms']:.2f}x).")
+    out = {"profile-table.md": md_table(table, align="lllrrrr"),
+           "profile-verdicts.md": bullets(verdicts),
+           "profile-run.md": _run_line(rows, PROFILE_COMMAND)}
+    bn = {int(r["blas_threads"]): r for r in rows
+          if r["backend"] == "fastbn" and r["norm"] == "BN" and r["image_size"] == 28}
+    if 0 in bn and 1 in bn:
+        d, one = bn[0], bn[1]
+        out["threads-blas.md"] = (
+            f"In the small CNN of the experiments on 28x28 images, BN's layers took "
+            f"{d['norm_ms']:.2f} ms of a training step with OpenBLAS's default threads and "
+            f"{one['norm_ms']:.2f} ms with one BLAS thread ({d['norm_ms'] / one['norm_ms']:.1f}x); "
+            f"the whole step {d['step_ms']:.2f} ms against {one['step_ms']:.2f} ms. "
+            + _run_line([d, one], "python -m fastbn.experiments.profile --image-size 28 "
+                                  "--blas-threads 0 (and 1)"))
+    return out
+
+
+def dask_snippets(srcdir: Path) -> dict[str, str]:
+    """The Dask throughput table of the distributed page."""
+    rows = read_timing(srcdir, "dask-moments")
+    table = []
+    for samples in dict.fromkeys(r["samples"] for r in rows):
+        by = {r["case"]: r for r in rows if r["samples"] == samples}
+        cells = {"N (size)": f"{samples} ({by[next(iter(by))]['megabytes']} MB)"}
+        for case, label in [("fastbn.moments (in memory)", "`fastbn.moments` in memory"),
+                            ("fastbn.dask.moments (NumPy-backed)", "Dask over NumPy"),
+                            ("fastbn.dask.moments (memmap file)", "Dask over a memmap")]:
+            r = by[case]
+            ratio = "" if "in memory" in case else f" ({r['vs_in_memory']:.2f}x)"
+            cells[label] = f"{r['gbps']:.1f} GB/s{ratio}"
+        table.append(cells)
+    return {"dask-table.md": md_table(table),
+            "dask-run.md": _run_line(rows, "python scripts/dask_moments.py [--samples N] "
+                                           "--csv docs/experiments/dask-moments.csv")}
+
+
+def sync_cost_snippets(srcdir: Path) -> dict[str, str]:
+    """The cost table of SyncBatchNorm against BatchNorm, per run."""
+    rows = read_timing(srcdir, "sync-bn-cost")
+    table = []
+    for run in dict.fromkeys(r["run"] for r in rows):
+        by = {r["layer"]: r for r in rows if r["run"] == run}
+        s, b = by["SyncBatchNorm"]["median_ms"], by["BatchNorm"]["median_ms"]
+        table.append({"run": run, "ranks": by["BatchNorm"]["ranks"],
+                      "`SyncBatchNorm` ms": f"{s:.2f}", "`BatchNorm` (local) ms": f"{b:.2f}",
+                      "difference": f"{100 * (s - b) / b:+.0f} %"})
+    ratios = [float(t["`SyncBatchNorm` ms"]) / float(t["`BatchNorm` (local) ms"]) for t in table]
+    verdict = (f"Over {len(table)} runs, the synchronized layer's forward and backward took "
+               f"{min(ratios):.2f}x to {max(ratios):.2f}x the local layer's time; each rank "
+               f"sends {rows[0]['bytes_sent_per_call']} bytes per call.\n")
+    return {"sync-cost-table.md": md_table(table), "sync-cost-verdict.md": verdict,
+            "sync-cost-run.md": _run_line(
+                rows, "NUMBA_NUM_THREADS=1 mpiexec -n 2 python -m fastbn.experiments.sync_bn "
+                      "--csv docs/experiments/sync-bn-cost.csv")}
+
+
 # --- the README's headline ----------------------------------------------------------------
 
 
@@ -1003,7 +1115,8 @@ def _write_text(path: Path, text: str) -> None:
 
 def snippets(srcdir: Path) -> dict[str, str]:
     """Every Markdown snippet the pages include, by file name in ``_generated``."""
-    return {**experiments_snippets(srcdir), **bench_snippets(srcdir)}
+    return {**experiments_snippets(srcdir), **bench_snippets(srcdir),
+            **profile_snippets(srcdir), **dask_snippets(srcdir), **sync_cost_snippets(srcdir)}
 
 
 def write_all(srcdir: Path) -> list[Path]:

@@ -1,7 +1,7 @@
 """How much of a training step is normalization, with fastbn's kernels vs the NumPy formula?
 
 ``python -m fastbn.experiments.profile [--batch-size 32] [--steps N] [--image-size 8]
-[--blas-threads 1]``
+[--blas-threads 1] [--csv PATH]``
 
 Trains the small CNN of the ``small-batch`` experiment
 (:func:`fastbn.experiments.train.cnn`) on random images for ``--steps`` SGD
@@ -19,7 +19,9 @@ Every step is timed whole (forward, loss, backward, optimizer step) with
 it through a timing shim on those layers (:class:`NormTimer`).  The table
 reports the medians over the steps after a warm-up: step ms, norm ms (all
 norm layers' forward + backward in one step) and the norm share of the step
-(the median of the per-step ratios).
+(the median of the per-step ratios).  ``--csv PATH`` appends the rows, with
+the run's settings and date, to a tidy CSV (the documentation's profile page
+and its threads page are generated from ``docs/experiments/profile.csv``).
 
 BLAS is limited to one thread by default, as in the experiments
 (:func:`fastbn.experiments.train.single_threaded_blas`); ``--blas-threads 0``
@@ -356,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="limit BLAS to N threads, as the experiments do (default 1; 0: "
                              "leave BLAS's own default, whose spinning threads compete with "
                              "Numba's)")
+    parser.add_argument("--csv", metavar="PATH",
+                        help="append the rows (with this run's settings and date) to a CSV")
     args = parser.parse_args(argv)
     if args.batch_size < 2 or args.steps < 1 or args.warmup < 0 or args.image_size < 4:
         parser.error("need --batch-size >= 2, --steps >= 1, --warmup >= 0, --image-size >= 4")
@@ -368,7 +372,28 @@ def main(argv: list[str] | None = None) -> int:
           f"float32, medians of {args.steps} steps, {numba.get_num_threads()} Numba threads, "
           f"BLAS threads: {blas}")
     print(format_rows(rows))
+    if args.csv:
+        append_csv(rows, args.csv, blas_threads=args.blas_threads,
+                   numba_threads=numba.get_num_threads())
     return 0
+
+
+def append_csv(rows: list[dict], path: str, **settings) -> None:
+    """Append ``rows`` with ``settings`` and today's date to the tidy CSV at ``path``.
+
+    The columns of an existing file must match (one table, one schema).
+    """
+    import datetime
+    import os
+
+    from .report import cpu_name, read_csv, write_csv
+
+    today = datetime.date.today().isoformat()
+    new = [dict(r, **settings, cpu=cpu_name(), cores=os.cpu_count(), date=today) for r in rows]
+    old = read_csv(path) if os.path.exists(path) else []
+    if old and list(old[0]) != list(new[0]):
+        raise ValueError(f"{path} has columns {list(old[0])}; this run writes {list(new[0])}")
+    write_csv(old + new, path)
 
 
 if __name__ == "__main__":

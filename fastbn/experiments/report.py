@@ -18,6 +18,20 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), for the rows of a timing run."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
     """Write the tidy table: the columns are the keys in order of first appearance."""
     columns: list[str] = []

@@ -238,7 +238,18 @@ def overhead(shape=(32, 64, 56, 56), repeats: int = 30) -> dict:
     return {name: float(np.median(t[3:])) for name, t in times.items()}
 
 
-if __name__ == "__main__":  # mpiexec -n 2 python -m fastbn.experiments.sync_bn
+def main(argv: list[str] | None = None) -> int:
+    """``mpiexec -n K python -m fastbn.experiments.sync_bn [--csv PATH]``: the cost of
+    synchronizing, printed by rank 0 (and appended to a CSV with ``--csv``)."""
+    import argparse
+    import datetime
+    import os
+
+    parser = argparse.ArgumentParser(
+        prog="mpiexec -n K python -m fastbn.experiments.sync_bn",
+        description="Time one forward + backward of SyncBatchNorm and of BatchNorm per rank.")
+    parser.add_argument("--csv", metavar="PATH", help="append one row per layer to a CSV")
+    args = parser.parse_args(argv)
     result = overhead()
     comm = _comm()
     if comm.Get_rank() == 0:
@@ -252,3 +263,19 @@ if __name__ == "__main__":  # mpiexec -n 2 python -m fastbn.experiments.sync_bn
               f"({100 * extra / result['BatchNorm']:+.1f}%)")
         print(f"  sent per rank: forward 3 int64 + {2 * c} float64 ({24 + 16 * c} bytes), "
               f"backward 3 int64 + {2 * c} float64 ({24 + 16 * c} bytes)")
+        if args.csv:
+            import numba
+
+            old = report.read_csv(args.csv) if os.path.exists(args.csv) else []
+            run = 1 + max((int(r["run"]) for r in old), default=0)
+            rows = [{"run": run, "ranks": comm.Get_size(), "layer": name,
+                     "median_ms": 1e3 * seconds, "numba_threads": numba.get_num_threads(),
+                     "bytes_sent_per_call": 24 + 16 * c, "cpu": report.cpu_name(),
+                     "cores": os.cpu_count(), "date": datetime.date.today().isoformat()}
+                    for name, seconds in result.items()]
+            report.write_csv(old + rows, args.csv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
