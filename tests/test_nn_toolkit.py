@@ -5,6 +5,7 @@ optimizers against PyTorch where it is installed (those tests skip without it).
 """
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from _helpers import assert_close, numerical_grad
 
 from fastbn.nn._module import Module
 from fastbn.nn.layers import (
+    Conv1d,
     Conv2d,
     Dense,
     Dropout,
@@ -19,6 +21,8 @@ from fastbn.nn.layers import (
     GlobalAvgPool2d,
     MaxPool2d,
     ReLU,
+    Sigmoid,
+    Tanh,
 )
 from fastbn.nn.losses import SoftmaxCrossEntropy, accuracy
 from fastbn.nn.optim import SGD, Adam
@@ -116,6 +120,48 @@ def test_conv2d_grad_nobias(rng):
     layer = Conv2d(2, 3, 3, padding=1, use_bias=False, rng=rng, dtype=np.float64)
     assert set(layer.params) == set(layer.grads) == {"weight"}
     check_grads(layer, rng.normal(size=(3, 2, 4, 5)), rng)
+
+
+CONV1D_CASES = [
+    # (in, out, kernel, stride, padding, L)
+    (3, 4, 3, 1, 0, 9),
+    (3, 4, 3, 1, 1, 9),
+    (2, 3, 3, 2, 0, 9),
+    (2, 3, 4, 2, 1, 8),
+    (2, 3, 2, 3, 2, 7),
+    (2, 2, 1, 1, 0, 4),
+    (1, 2, 5, 1, 0, 5),
+    (2, 3, 5, 1, 2, 1),
+]
+
+
+@pytest.mark.parametrize("case", CONV1D_CASES, ids=str)
+def test_conv1d_grad(rng, case):
+    cin, cout, k, s, p, length = case
+    layer = Conv1d(cin, cout, k, stride=s, padding=p, rng=rng, dtype=np.float64)
+    layer.params["bias"][...] = rng.normal(size=cout)
+    check_grads(layer, rng.normal(size=(2, cin, length)), rng)
+
+
+def test_conv1d_grad_nobias(rng):
+    layer = Conv1d(2, 3, 3, padding=1, use_bias=False, rng=rng, dtype=np.float64)
+    assert set(layer.params) == set(layer.grads) == {"weight"}
+    check_grads(layer, rng.normal(size=(3, 2, 6)), rng)
+
+
+def test_sigmoid_grad(rng):
+    x = rng.normal(size=(4, 6)) * 3
+    x[0, :3] = [-30.0, 25.0, 0.0]
+    layer = Sigmoid()
+    np.testing.assert_allclose(layer(x), 1 / (1 + np.exp(-x)), rtol=1e-15, atol=0)
+    check_grads(layer, x, rng)
+
+
+def test_tanh_grad(rng):
+    x = rng.normal(size=(3, 2, 5)) * 2
+    layer = Tanh()
+    np.testing.assert_array_equal(layer(x), np.tanh(x))
+    check_grads(layer, x, rng)
 
 
 @pytest.mark.parametrize("kernel,stride,hw", [(2, None, (6, 4)), (2, None, (7, 5)),
@@ -227,6 +273,82 @@ def test_conv2d_forward_direct(rng):
     np.testing.assert_allclose(layer(xt), ref, rtol=1e-12, atol=1e-12)
 
 
+def test_conv1d_forward_direct(rng):
+    """A direct four-loop convolution, independent of torch."""
+    layer = Conv1d(2, 3, 3, stride=2, padding=1, rng=rng, dtype=np.float64)
+    layer.params["bias"][...] = rng.normal(size=3)
+    x = rng.normal(size=(2, 2, 8))
+    w, b = layer.params["weight"], layer.params["bias"]
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1)))
+    lo = (8 + 2 - 3) // 2 + 1
+    ref = np.empty((2, 3, lo))
+    for n in range(2):
+        for o in range(3):
+            for i in range(lo):
+                ref[n, o, i] = b[o] + np.sum(w[o] * xp[n, :, 2 * i:2 * i + 3])
+    y = layer(x)
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+    assert y.flags.c_contiguous
+    assert layer.params["weight"].shape == (3, 2, 3) and layer.params["bias"].shape == (3,)
+    assert layer.output_shape((None, 2, 8)) == (None, 3, lo)
+    # any input strides give the same result
+    xt = np.ascontiguousarray(x.transpose(2, 1, 0)).transpose(2, 1, 0)
+    np.testing.assert_allclose(layer(xt), ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer(x[:, :, ::-1].copy()[:, :, ::-1]), ref, rtol=1e-12,
+                               atol=1e-12)
+    # torch's 1-tuple forms; an empty batch
+    conv = Conv1d(2, 3, (3,), stride=(2,), padding=(1,), dtype=np.float64)
+    assert (conv.kernel_size, conv.stride, conv.padding) == (3, 2, 1)
+    assert layer(np.zeros((0, 2, 8))).shape == (0, 3, lo)
+    assert layer.backward(np.zeros((0, 3, lo))).shape == (0, 2, 8)
+    assert repr(Conv1d(2, 3, 3, use_bias=False)) == (
+        "Conv1d(2, 3, kernel_size=3, stride=1, padding=0, bias=False)")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=dtype_ids)
+def test_sigmoid_tanh_stable_and_keep_dtype(dtype):
+    x = np.array([-1e4, -800.0, -100.0, -20.0, -1.0, 0.0, 1.0, 20.0, 100.0, 800.0, 1e4,
+                  np.inf, -np.inf]).astype(dtype)
+    with warnings.catch_warnings(), np.errstate(all="raise"):
+        warnings.simplefilter("error")
+        sig, tanh = Sigmoid(), Tanh()
+        ys, yt = sig(x), tanh(x)
+        dxs = sig.backward(np.ones_like(x))
+        dxt = tanh.backward(np.ones_like(x))
+    for a in (ys, yt, dxs, dxt):
+        assert a.dtype == dtype and a.shape == x.shape
+        assert not np.any(np.isnan(a))
+    x64 = x.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # the textbook forms, in float64
+        ref = np.where(x64 >= 0, 1 / (1 + np.exp(-x64)), np.exp(x64) / (1 + np.exp(x64)))
+        dref = np.exp(-np.abs(x64)) / (1 + np.exp(-np.abs(x64))) ** 2
+    tol = dict(rtol={np.float16: 1e-3}.get(dtype, 10 * np.finfo(dtype).eps),
+               atol=np.finfo(dtype).tiny)  # below tiny: subnormals, flushed or not
+    np.testing.assert_allclose(ys, ref.astype(dtype), **tol)
+    np.testing.assert_allclose(dxs, dref.astype(dtype), **tol)  # accurate where ys rounds to 1
+    assert ys[0] == 0 and ys[10] == 1 and ys[5] == 0.5
+    assert yt[0] == -1 and yt[10] == 1 and yt[5] == 0 and dxt[5] == 1
+    assert dxs[0] == dxt[0] == dxs[-1] == dxt[-1] == 0
+
+
+def test_sigmoid_tanh_backward_uses_the_saved_forward(rng):
+    x = rng.normal(size=(5, 4))
+    for layer, d in [(Sigmoid(), lambda y: y * (1 - y)), (Tanh(), lambda y: 1 - y * y)]:
+        y = layer(x)
+        expected = d(y.copy())
+        y[...] = 0  # the caller changing the returned output does not change the gradient
+        layer.forward(rng.normal(size=(2, 2)))  # ... a new forward does
+        assert layer.backward(np.ones((2, 2))).shape == (2, 2)
+        layer.forward(x)
+        np.testing.assert_allclose(layer.backward(np.ones_like(x)), expected, rtol=1e-12)
+        assert layer.params == layer.grads == layer.buffers == {}
+        assert layer.num_params() == (0, 0) and layer.state_dict() == {}
+        assert layer.output_shape((None, 3, 7)) == (None, 3, 7)
+    # non-float input is computed in float64
+    assert Sigmoid()(np.arange(-2, 3)).dtype == Tanh()(np.arange(3)).dtype == np.float64
+    np.testing.assert_allclose(Sigmoid()(np.array([0, 0])), [0.5, 0.5])
+
+
 def test_maxpool_forward_and_ties(rng):
     x = np.arange(2 * 16, dtype=np.float64).reshape(1, 2, 4, 4)
     y = MaxPool2d(2)(x)
@@ -299,6 +421,10 @@ def test_he_init_statistics():
     assert abs(w.mean()) < 0.01 * np.sqrt(2 / 1000)
     w = Conv2d(16, 64, 3, rng=1).params["weight"]  # fan_in = 16 * 3 * 3
     assert abs(w.std() / np.sqrt(2 / 144) - 1) < 0.03
+    w = Conv1d(16, 64, 9, rng=1).params["weight"]  # fan_in = 16 * 9
+    assert w.dtype == np.float32 and w.shape == (64, 16, 9)
+    assert abs(w.std() / np.sqrt(2 / 144) - 1) < 0.03
+    assert np.all(Conv1d(2, 3, 3, rng=0).params["bias"] == 0)
     w = Dense(1000, 500, scale=0.5, rng=0).params["weight"]
     assert abs(w.std() / (0.5 * np.sqrt(2 / 1000)) - 1) < 0.03
     assert np.all(Dense(10, 7, rng=0).params["bias"] == 0)
@@ -312,6 +438,12 @@ def test_glorot_init_statistics():
     assert abs(w.std() / (limit / np.sqrt(3)) - 1) < 0.03
     w = Conv2d(8, 16, (3, 2), init="glorot", rng=0).params["weight"]
     assert np.abs(w).max() <= np.sqrt(6 / (8 * 6 + 16 * 6))
+    w = Conv1d(8, 16, 5, init="glorot", scale=0.5, rng=0, dtype=np.float64).params["weight"]
+    limit = 0.5 * np.sqrt(6 / (8 * 5 + 16 * 5))
+    assert w.dtype == np.float64
+    assert np.abs(w).max() <= limit and np.abs(w).max() > 0.99 * limit
+    np.testing.assert_array_equal(Conv1d(2, 3, 3, rng=5).params["weight"],
+                                  Conv1d(2, 3, 3, rng=np.random.default_rng(5)).params["weight"])
 
 
 def test_init_rng_forms():
@@ -329,6 +461,10 @@ def test_unknown_init_raises():
         Conv2d(4, 3, 3, init="xavier")
     with pytest.raises(TypeError, match="dtype"):
         Dense(4, 3, dtype=np.int32)
+    with pytest.raises(ValueError, match="init"):
+        Conv1d(4, 3, 3, init="xavier")
+    with pytest.raises(TypeError, match="dtype"):
+        Conv1d(4, 3, 3, dtype=np.float16)
 
 
 # ---------------------------------------------------------------------------
@@ -362,6 +498,38 @@ def test_bad_shapes_raise(rng):
         Conv2d(3, 4, 3, padding=-1)
     with pytest.raises(ValueError, match="stride"):
         Conv2d(3, 4, 3, stride=0)
+
+    conv1 = Conv1d(3, 4, 3)
+    with pytest.raises(ValueError, match=r"Conv1d: .*\(N, 3, L\).*" + re.escape("(2, 2, 5)")):
+        conv1(np.zeros((2, 2, 5)))  # wrong channel count
+    for shape in [(3, 5), (2, 3, 5, 5), (3,)]:  # wrong ndim
+        with pytest.raises(ValueError, match="Conv1d: .*" + re.escape(str(shape))):
+            conv1(np.zeros(shape))
+    with pytest.raises(ValueError, match="Conv1d: .*shorter than the kernel"):
+        conv1(np.zeros((1, 3, 2)))
+    with pytest.raises(ValueError, match="Conv1d"):
+        conv1.output_shape((None, 4, 8))
+    with pytest.raises(ValueError, match="Conv1d"):
+        Conv1d(0, 4, 3)
+    with pytest.raises(RuntimeError, match="Conv1d"):
+        Conv1d(3, 4, 3).backward(np.zeros((1, 4, 3)))
+    conv1(np.zeros((2, 3, 5), np.float32))
+    with pytest.raises(ValueError, match=r"Conv1d\.backward: .*\(2, 4, 3\).*\(2, 4, 4\)"):
+        conv1.backward(np.zeros((2, 4, 4), np.float32))
+    for bad in [0, (3, 3), (2, 0), 1.5, True, (True,)]:
+        with pytest.raises(ValueError, match="kernel_size"):
+            Conv1d(3, 4, bad)
+    with pytest.raises(ValueError, match="padding"):
+        Conv1d(3, 4, 3, padding=-1)
+    with pytest.raises(ValueError, match="stride"):
+        Conv1d(3, 4, 3, stride=0)
+    for act in (Sigmoid(), Tanh()):
+        name = type(act).__name__
+        with pytest.raises(RuntimeError, match=name):
+            act.backward(np.zeros(3))
+        act(np.zeros((2, 3)))
+        with pytest.raises(ValueError, match=name + r"\.backward: .*\(2, 3\)"):
+            act.backward(np.zeros((3, 2)))
 
     with pytest.raises(ValueError, match="smaller than the kernel"):
         MaxPool2d(3)(np.zeros((1, 1, 2, 4)))
@@ -435,6 +603,22 @@ def test_float32_stays_float32(rng, opt_cls):
     for state in opt.state.values():
         for v in state.values():
             assert not isinstance(v, np.ndarray) or v.dtype == np.float32
+
+
+def test_conv1d_float32_stays_float32(rng):
+    model = Sequential(Conv1d(2, 4, 3, padding=1, rng=rng), Tanh(),
+                       Conv1d(4, 3, 2, stride=2, use_bias=False, rng=rng), Sigmoid(),
+                       Flatten(), Dense(12, 2, rng=rng))
+    x = rng.normal(size=(5, 2, 8)).astype(np.float32)
+    h = x
+    for layer in model:
+        h = layer(h)
+        assert h.dtype == np.float32, type(layer).__name__
+    dx = model.backward(np.ones_like(h))
+    assert dx.dtype == np.float32 and dx.shape == x.shape
+    for m in model.modules():
+        for k, g in m.grads.items():
+            assert g.dtype == np.float32, (type(m).__name__, k)
 
 
 def test_training_reduces_loss(rng):
@@ -551,6 +735,67 @@ def test_conv2d_state_dict_from_torch(torch, rng):
     x = rng.normal(size=(2, 2, 6, 5))
     np.testing.assert_allclose(conv(x), tconv(torch.tensor(x)).detach().numpy(), rtol=1e-12,
                                atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_ids)
+@pytest.mark.parametrize("case", CONV1D_CASES, ids=str)
+def test_conv1d_matches_torch(torch, rng, case, dtype):
+    cin, cout, k, s, p, length = case
+    layer = Conv1d(cin, cout, k, stride=s, padding=p, rng=rng, dtype=dtype)
+    layer.params["bias"][...] = rng.normal(size=cout)
+    x = rng.normal(size=(3, cin, length)).astype(dtype)
+    y = layer(x)
+    dy = rng.normal(size=y.shape).astype(dtype)
+    dx = layer.backward(dy)
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(layer.params["weight"], requires_grad=True)
+    bt = torch.tensor(layer.params["bias"], requires_grad=True)
+    yt = torch.nn.functional.conv1d(xt, wt, bt, stride=s, padding=p)
+    yt.backward(torch.tensor(dy))
+    assert y.dtype == dx.dtype == dtype
+    assert y.shape == tuple(yt.shape)
+    assert_close(y, yt.detach().double().numpy(), dtype, scale=5)
+    assert_close(dx, xt.grad.double().numpy(), dtype, scale=5)
+    assert_close(layer.grads["weight"], wt.grad.double().numpy(), dtype, scale=20)
+    assert_close(layer.grads["bias"], bt.grad.double().numpy(), dtype, scale=20)
+
+
+@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "nobias"])
+def test_conv1d_state_dict_from_torch(torch, rng, use_bias):
+    tconv = torch.nn.Conv1d(2, 3, 4, stride=2, padding=1, bias=use_bias).double()
+    conv = Conv1d(2, 3, 4, stride=2, padding=1, use_bias=use_bias, dtype=np.float64)
+    tstate = {k: v.detach().numpy() for k, v in tconv.state_dict().items()}
+    assert list(conv.state_dict()) == list(tstate)
+    conv.load_state_dict(tstate)
+    x = rng.normal(size=(2, 2, 9))
+    np.testing.assert_allclose(conv(x), tconv(torch.tensor(x)).detach().numpy(), rtol=1e-12,
+                               atol=1e-12)
+    # a Sequential of the new layers has torch.nn.Sequential's keys
+    model = Sequential(Conv1d(2, 3, 3, rng=rng), Sigmoid(), Tanh(), Flatten(), Dense(9, 2))
+    tmodel = torch.nn.Sequential(torch.nn.Conv1d(2, 3, 3), torch.nn.Sigmoid(), torch.nn.Tanh(),
+                                 torch.nn.Flatten(), torch.nn.Linear(9, 2))
+    tstate = {k: v.detach().numpy() for k, v in tmodel.state_dict().items()}
+    assert list(model.state_dict()) == list(tstate)
+    model.load_state_dict(tstate)
+    x = rng.normal(size=(4, 2, 5)).astype(np.float32)
+    assert_close(model(x), tmodel(torch.tensor(x)).detach().double().numpy(), np.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_ids)
+@pytest.mark.parametrize("name", ["Sigmoid", "Tanh"])
+def test_sigmoid_tanh_match_torch(torch, rng, name, dtype):
+    x = (rng.normal(size=(4, 3, 5)) * 4).astype(dtype)
+    x[0, 0, :4] = [-200.0, 200.0, 0.0, -0.0]
+    layer = {"Sigmoid": Sigmoid, "Tanh": Tanh}[name]()
+    y = layer(x)
+    dy = rng.normal(size=x.shape).astype(dtype)
+    dx = layer.backward(dy)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = getattr(torch.nn, name)()(xt)
+    yt.backward(torch.tensor(dy))
+    assert y.dtype == dx.dtype == dtype
+    assert_close(y, yt.detach().double().numpy(), dtype)
+    assert_close(dx, xt.grad.double().numpy(), dtype)
 
 
 @pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "nobias"])
@@ -738,6 +983,23 @@ def test_summary_cnn(rng):
     assert re.search(r"conv2d_1 \(Conv2d\)\s+\(None, 6, 1, 3\)\s+150\b", text)
     assert re.search(r"global_avg_pool2d \(GlobalAvgPool2d\)\s+\(None, 6\)", text)
     assert re.search(r"flatten \(Flatten\)\s+\(None, 8\)", text)
+
+
+def test_summary_conv1d():
+    model = Sequential(Conv1d(3, 8, 5, padding=2, rng=0), Tanh(),
+                       Conv1d(8, 4, 3, stride=2, use_bias=False, rng=0), Sigmoid(), Flatten(),
+                       Dense(36, 2, rng=0))
+    text = model.summary((None, 3, 20), print_fn=None)
+    assert re.search(r"^conv1d \(Conv1d\)\s+\(None, 8, 20\)\s+128$", text, re.M)
+    assert re.search(r"^tanh \(Tanh\)\s+\(None, 8, 20\)\s+0$", text, re.M)
+    assert re.search(r"^conv1d_1 \(Conv1d\)\s+\(None, 4, 9\)\s+96$", text, re.M)
+    assert re.search(r"^sigmoid \(Sigmoid\)\s+\(None, 4, 9\)\s+0$", text, re.M)
+    assert re.search(r"^flatten \(Flatten\)\s+\(None, 36\)\s+0$", text, re.M)
+    assert "Total params: 298" in text.splitlines()  # 128 + 96 + 36 * 2 + 2
+    with pytest.raises(ValueError, match="Conv1d"):
+        model.summary((None, 4, 20), print_fn=None)
+    with pytest.raises(ValueError, match="Conv1d: .*shorter than the kernel"):
+        model.summary((None, 3, 2), print_fn=None)
 
 
 def test_summary_with_batch_norm():

@@ -10,13 +10,25 @@ Every layer follows one protocol (API.md "Layers"): ``forward(x)`` /
   ``LayerNorm``, ``RMSNorm``, ``GroupNorm``, ``InstanceNorm``, and
   ``recompute_statistics`` (precise BN).
 - The toolkit, just enough for the tutorial's experiments and small networks:
-  ``Dense``, ``Conv2d``, ``ReLU``, ``Dropout``, ``MaxPool2d``,
-  ``GlobalAvgPool2d``, ``Flatten``, ``Sequential`` (with a Keras-style
+  ``Dense``, ``Conv1d``, ``Conv2d``, ``ReLU``, ``Sigmoid``, ``Tanh``,
+  ``Dropout``, ``MaxPool2d``, ``GlobalAvgPool2d``, ``Flatten``,
+  ``Sequential`` (with a Keras-style
   ``summary()``), ``SoftmaxCrossEntropy``, ``SGD`` and ``Adam``.
 """
 
 from ._module import Module
-from .layers import Conv2d, Dense, Dropout, Flatten, GlobalAvgPool2d, MaxPool2d, ReLU
+from .layers import (
+    Conv1d,
+    Conv2d,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2d,
+    MaxPool2d,
+    ReLU,
+    Sigmoid,
+    Tanh,
+)
 from .losses import SoftmaxCrossEntropy, accuracy
 from .norm import (
     BatchNorm,
@@ -44,8 +56,11 @@ __all__ = [
     "to_keras",
     "recompute_statistics",
     "Dense",
+    "Conv1d",
     "Conv2d",
     "ReLU",
+    "Sigmoid",
+    "Tanh",
     "Dropout",
     "MaxPool2d",
     "GlobalAvgPool2d",

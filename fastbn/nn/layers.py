@@ -1,13 +1,15 @@
-r"""Plain NumPy layers: dense, 2-D convolution, activations, pooling, reshaping.
+r"""Plain NumPy layers: dense, 1-D and 2-D convolution, activations, pooling, reshaping.
 
 Every layer follows the protocol of :class:`fastbn.nn._module.Module`:
 ``forward(x) -> y`` saves what ``backward(dy) -> dx`` needs, and ``backward``
 overwrites the parameter gradients in ``self.grads`` (the same arrays every
 time).  Parameters use PyTorch's layouts and names (``weight``, ``bias``), so
-``state_dict()`` round-trips with ``torch.nn.Linear`` / ``torch.nn.Conv2d``.
+``state_dict()`` round-trips with ``torch.nn.Linear`` / ``torch.nn.Conv1d`` /
+``torch.nn.Conv2d``.
 
-Images are NCHW.  Layers with parameters take ``dtype`` (float32 by default)
-and keep it: float32 input gives float32 output and float32 gradients.
+Sequences are NCL, images NCHW.  Layers with parameters take ``dtype``
+(float32 by default) and keep it: float32 input gives float32 output and
+float32 gradients.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from ._module import Module
 
 __all__ = [
     "Dense",
+    "Conv1d",
     "Conv2d",
     "ReLU",
+    "Sigmoid",
+    "Tanh",
     "Dropout",
     "MaxPool2d",
     "GlobalAvgPool2d",
@@ -62,6 +67,18 @@ def _pair(value: IntPair, name: str, minimum: int) -> tuple[int, int]:
     if min(pair) < minimum:
         raise ValueError(f"{name} must be >= {minimum}; got {value!r}")
     return pair
+
+
+def _single(value: int | tuple[int], name: str, minimum: int) -> int:
+    """An int or a 1-tuple of an int (torch's ``(3,)``) as an int, at least ``minimum``."""
+    if (isinstance(value, tuple) and len(value) == 1
+            and isinstance(value[0], (int, np.integer)) and not isinstance(value[0], bool)):
+        value = value[0]
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an int; got {value!r}")
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {value!r}")
+    return int(value)
 
 
 def _init_weight(shape: tuple[int, ...], fan_in: int, fan_out: int, init: str, scale: float,
@@ -190,6 +207,191 @@ class Dense(Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.use_bias}")
+
+
+# -- Conv1d ----------------------------------------------------------------
+class Conv1d(Module):
+    r"""1-D convolution (cross-correlation) over (N, C, L) sequences, ``torch.nn.Conv1d``'s layout.
+
+    .. math::  y_{n,o,i} = b_o + \sum_{c,q} W_{o,c,q}\, \tilde x_{n,\,c,\,s i + q}
+
+    where :math:`\tilde x` is ``x`` zero-padded by ``padding`` on each side;
+    the output length is :math:`L_{out} = \lfloor (L + 2 p - k) / s \rfloor + 1`.
+
+    Computed by im2col, as :class:`Conv2d`: the windows of :math:`\tilde x` are
+    gathered (a strided view, copied once) into ``cols`` of shape
+    (C k, N L_out), and the whole batch's convolution is one matrix product
+    :math:`Y = W_{mat}\,\text{cols}` with :math:`W_{mat}` the weight reshaped to
+    (O, C k).  Backward, with :math:`\Delta` the upstream gradient in the same
+    (O, N L_out) layout:
+
+    .. math::  \frac{\partial L}{\partial W_{mat}} = \Delta\, \text{cols}^\top,
+               \quad \frac{\partial L}{\partial b_o} = \sum_{n,i} \delta_{n,o,i},
+               \quad \frac{\partial L}{\partial \text{cols}} = W_{mat}^\top \Delta
+
+    and col2im scatter-adds the column gradient back onto the padded sequence,
+    one strided slice addition per kernel offset :math:`q`.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        C and O.
+    kernel_size : int
+        Kernel length :math:`k` (a 1-tuple ``(k,)``, torch's form, is accepted too).
+    stride : int
+        Step :math:`s` between windows.
+    padding : int
+        Zeros :math:`p` added at each end of the sequence.
+    use_bias : bool
+        With ``False`` there is no ``bias`` parameter.
+    init : {"he", "glorot"}
+        As :class:`Dense`, with fan_in :math:`= C k` and fan_out :math:`= O k`.
+    scale : float
+        Multiplies the initial standard deviation / limit.
+    rng : numpy.random.Generator, int or None
+        Source of the initial weights.
+    dtype : float32 or float64
+        Dtype of the parameters and gradients.
+
+    Attributes
+    ----------
+    params : dict
+        ``"weight"`` of shape (O, C, k) and ``"bias"`` of shape (O,) when
+        ``use_bias``; the state-dict keys of ``torch.nn.Conv1d``.
+
+    Raises
+    ------
+    ValueError
+        From ``forward``: an input that is not 3-D, whose channel axis is not
+        ``in_channels`` long, or that is shorter (padded) than the kernel.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.nn import Conv1d
+    >>> conv = Conv1d(3, 8, 5, stride=2, padding=2, rng=0)
+    >>> conv.params["weight"].shape, conv.params["bias"].shape
+    ((8, 3, 5), (8,))
+    >>> x = np.random.default_rng(0).normal(size=(4, 3, 20)).astype(np.float32)
+    >>> y = conv(x)
+    >>> y.shape, y.dtype
+    ((4, 8, 10), dtype('float32'))
+    >>> dx = conv.backward(np.ones_like(y))
+    >>> dx.shape, conv.grads["weight"].shape
+    ((4, 3, 20), (8, 3, 5))
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int], *,
+                 stride: int | tuple[int] = 1, padding: int | tuple[int] = 0,
+                 use_bias: bool = True, init: str = "he", scale: float = 1.0,
+                 rng: RngLike = None, dtype: DTypeLike = np.float32) -> None:
+        super().__init__()
+        if int(in_channels) < 1 or int(out_channels) < 1:
+            raise ValueError(f"Conv1d: in_channels and out_channels must be >= 1; got "
+                             f"{in_channels}, {out_channels}")
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = _single(kernel_size, "kernel_size", 1)
+        self.stride = _single(stride, "stride", 1)
+        self.padding = _single(padding, "padding", 0)
+        self.use_bias = bool(use_bias)
+        self.init = init
+        self.dtype = _float_dtype(dtype)
+        k = self.kernel_size
+        self._add_param("weight", _init_weight((self.out_channels, self.in_channels, k),
+                                               self.in_channels * k, self.out_channels * k,
+                                               init, scale, rng, self.dtype))
+        if self.use_bias:
+            self._add_param("bias", np.zeros(self.out_channels, dtype=self.dtype))
+        self._cols: np.ndarray | None = None
+        self._x_shape: tuple[int, ...] = ()
+        self._out_len = 0
+
+    def _out_size(self, length: int, shape: tuple) -> int:
+        lo = _pool_out(length, self.kernel_size, self.stride, self.padding)
+        if lo < 1:
+            raise ValueError(f"Conv1d: input of shape {tuple(shape)} padded by {self.padding} "
+                             f"is shorter than the kernel {self.kernel_size}")
+        return lo
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Convolve ``x`` of shape (N, C, L).
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            Input of shape (N, in_channels, L).
+
+        Returns
+        -------
+        numpy.ndarray
+            Output of shape (N, out_channels, L_out), C-contiguous.
+        """
+        x = np.asarray(x)
+        _check_features(x, 3, 1, self.in_channels, "Conv1d", f"(N, {self.in_channels}, L)")
+        n, c, length = x.shape
+        lo = self._out_size(length, x.shape)
+        k, s, p = self.kernel_size, self.stride, self.padding
+        if p:
+            xp = np.zeros((n, c, length + 2 * p), dtype=x.dtype)
+            xp[:, :, p:p + length] = x
+        else:
+            xp = x
+        s0, s1, s2 = xp.strides
+        windows = as_strided(xp, (c, k, n, lo), (s1, s2, s0, s2 * s), writeable=False)
+        cols = windows.reshape(c * k, n * lo)  # the one im2col copy
+        y = self.params["weight"].reshape(self.out_channels, c * k) @ cols  # (O, N L_out)
+        if self.use_bias:
+            y += self.params["bias"][:, None]
+        self._cols = cols
+        self._x_shape = x.shape
+        self._out_len = lo
+        return np.ascontiguousarray(y.reshape(self.out_channels, n, lo).transpose(1, 0, 2))
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """Input gradient; writes ``grads["weight"]`` and ``grads["bias"]``.
+
+        Parameters
+        ----------
+        dy : numpy.ndarray
+            Gradient of the loss with respect to the last forward's output,
+            of shape (N, out_channels, L_out).
+
+        Returns
+        -------
+        numpy.ndarray
+            Gradient with respect to the last forward's input, (N, C, L).
+        """
+        cols = _need(self._cols, "Conv1d")
+        n, c, length = self._x_shape
+        lo, o = self._out_len, self.out_channels
+        dy = np.asarray(dy)
+        _check_dy(dy, (n, o, lo), "Conv1d")
+        k, s, p = self.kernel_size, self.stride, self.padding
+        weight = self.params["weight"]
+        dt = np.result_type(dy.dtype, weight.dtype)
+        dyc = dy.transpose(1, 0, 2).reshape(o, n * lo)  # the forward's (O, N L_out) layout
+        self.grads["weight"][...] = (dyc @ cols.T).reshape(weight.shape)
+        if self.use_bias:
+            self.grads["bias"][...] = dy.sum(axis=(0, 2))
+        dcols = (weight.reshape(o, c * k).T @ dyc).reshape(c, k, n, lo)
+        # col2im: scatter-add each kernel offset's column gradient onto the padded sequence
+        dxp = np.zeros((n, c, length + 2 * p), dtype=dt)
+        for q in range(k):
+            dxp[:, :, q:q + s * lo:s] += dcols[:, q].transpose(1, 0, 2)
+        if p:
+            return np.ascontiguousarray(dxp[:, :, p:p + length])
+        return dxp
+
+    def output_shape(self, input_shape: tuple) -> tuple:
+        if len(input_shape) != 3 or input_shape[1] != self.in_channels:
+            raise ValueError(f"Conv1d: input must have shape (N, {self.in_channels}, L); "
+                             f"got shape {tuple(input_shape)}")
+        return (input_shape[0], self.out_channels, self._out_size(input_shape[2], input_shape))
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, bias={self.use_bias}")
 
 
 # -- Conv2d ----------------------------------------------------------------
@@ -397,6 +599,147 @@ class ReLU(Module):
         dy = np.asarray(dy)
         _check_dy(dy, mask.shape, "ReLU")
         return np.where(mask, dy, 0)
+
+
+def _as_float(x: np.ndarray) -> np.ndarray:
+    """``x`` as is when it is floating point, else as float64 (as ``np.exp`` would cast it)."""
+    return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
+
+
+class Sigmoid(Module):
+    r"""Logistic sigmoid, :math:`y = \sigma(x) = 1 / (1 + e^{-x})`.
+
+    Backward: :math:`\partial L/\partial x = \delta\, \sigma(x)\,(1 - \sigma(x))`.
+
+    Computed without overflow for any :math:`x`: with :math:`e = e^{-|x|} \in
+    (0, 1]`, :math:`\sigma(x) = 1 / (1 + e)` for :math:`x \ge 0` and :math:`e /
+    (1 + e)` for :math:`x < 0`, so no ``exp`` of a large argument is ever
+    taken and large :math:`|x|` give 0 and 1 without warnings.  The forward
+    saves the local derivative :math:`\sigma(x)(1 - \sigma(x)) = e / (1 +
+    e)^2`, computed from :math:`e` (accurate where :math:`\sigma(x)` rounds to
+    1), and ``backward`` multiplies by it.  Floating-point input keeps its
+    dtype (float32 stays float32); other input is computed in float64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.nn import Sigmoid
+    >>> act = Sigmoid()
+    >>> y = act(np.array([-1000.0, 0.0, 2.0, 1000.0], dtype=np.float32))
+    >>> y.dtype
+    dtype('float32')
+    >>> print(np.round(y, 4))
+    [0.     0.5    0.8808 1.    ]
+    >>> print(np.round(act.backward(np.ones(4, dtype=np.float32)), 4))
+    [0.     0.25   0.105  0.    ]
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._dydx: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        r""":math:`\sigma(x)`, elementwise.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            Input of any shape.
+
+        Returns
+        -------
+        numpy.ndarray
+            :math:`\sigma(x)`, of x's shape and (floating) dtype.
+        """
+        x = _as_float(np.asarray(x))
+        with np.errstate(under="ignore"):  # e -> 0 for large |x| is the right answer
+            e = np.exp(-np.abs(x))  # in [0, 1]: never overflows
+            r = 1 / (1 + e)  # sigma(|x|)
+            er = e * r  # sigma(-|x|) = 1 - sigma(|x|)
+            self._dydx = r * er
+        return np.where(x >= 0, r, er)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """``dx = dy * sigma(x) * (1 - sigma(x))`` for the last forward's x.
+
+        Parameters
+        ----------
+        dy : numpy.ndarray
+            Gradient with respect to the last forward's output (its shape).
+
+        Returns
+        -------
+        numpy.ndarray
+            Gradient with respect to the last forward's input.
+        """
+        dydx = _need(self._dydx, "Sigmoid")
+        dy = np.asarray(dy)
+        _check_dy(dy, dydx.shape, "Sigmoid")
+        return dy * dydx
+
+
+class Tanh(Module):
+    r"""Hyperbolic tangent, :math:`y = \tanh(x)`.
+
+    Backward: :math:`\partial L/\partial x = \delta\,(1 - \tanh^2 x)`.
+
+    ``numpy.tanh`` does not overflow (it gives :math:`\pm 1` for large
+    :math:`|x|`).  The forward saves the local derivative :math:`(1 - y)(1 +
+    y)` and ``backward`` multiplies by it.  Floating-point input keeps its
+    dtype (float32 stays float32); other input is computed in float64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.nn import Tanh
+    >>> act = Tanh()
+    >>> y = act(np.array([-1000.0, 0.0, 0.5, 1000.0], dtype=np.float32))
+    >>> y.dtype
+    dtype('float32')
+    >>> print(np.round(y, 4))
+    [-1.      0.      0.4621  1.    ]
+    >>> print(np.round(act.backward(np.ones(4, dtype=np.float32)), 4))
+    [0.     1.     0.7864 0.    ]
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._dydx: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        r""":math:`\tanh(x)`, elementwise.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            Input of any shape.
+
+        Returns
+        -------
+        numpy.ndarray
+            :math:`\tanh(x)`, of x's shape and (floating) dtype.
+        """
+        y = np.tanh(_as_float(np.asarray(x)))
+        self._dydx = (1 - y) * (1 + y)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """``dx = dy * (1 - tanh(x)**2)`` for the last forward's x.
+
+        Parameters
+        ----------
+        dy : numpy.ndarray
+            Gradient with respect to the last forward's output (its shape).
+
+        Returns
+        -------
+        numpy.ndarray
+            Gradient with respect to the last forward's input.
+        """
+        dydx = _need(self._dydx, "Tanh")
+        dy = np.asarray(dy)
+        _check_dy(dy, dydx.shape, "Tanh")
+        return dy * dydx
 
 
 class Dropout(Module):
