@@ -39,8 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     experiment = sub.add_parser(
         "experiment", help="run one of the tutorial's experiments; write NAME.csv and NAME.png",
         description="Run one of the tutorial's batch-normalization experiments on "
-                    "scikit-learn's digits (or MNIST with --data), write DIR/NAME.csv and "
-                    "DIR/NAME.png and print the summary (mean ± std over seeds).")
+                    "scikit-learn's digits (or MNIST or MNIST-1D with --data), write "
+                    "DIR/NAME.csv and DIR/NAME.png and print the summary (mean ± std over "
+                    "seeds).")
     # NAME is checked by hand, not with argparse choices, so a bad name is one line.
     experiment.add_argument("name", metavar="NAME",
                             help="convergence, learning-rate, init or small-batch")
@@ -53,7 +54,10 @@ def _parser() -> argparse.ArgumentParser:
                             help="first seed; runs use N, N+1, ... (default: 0)")
     experiment.add_argument("--data", metavar="PATH",
                             help="a directory of MNIST IDX files (train-images-idx3-ubyte, "
-                                 "... raw or .gz) instead of the digits; never downloads")
+                                 "... raw or .gz) instead of the digits, or 'mnist1d': "
+                                 "MNIST-1D's 4,000 + 1,000 signals of length 40, generated "
+                                 "in memory by the mnist1d package (MLP experiments only; "
+                                 "a directory of that name is ./mnist1d); never downloads")
     return parser
 
 
@@ -118,8 +122,14 @@ def _experiment(args: argparse.Namespace) -> int:
 
     try:
         dataset = data_mod.load(args.data)
+    except ImportError as exc:
+        return fail(str(exc))
     except (OSError, ValueError) as exc:
         return fail(f"--data: {exc}" if args.data else str(exc))
+    try:
+        experiments.check_data(args.name, dataset)
+    except ValueError as exc:
+        return fail(f"--data {args.data}: {exc}")
     mode = "quick" if args.quick else "tiny" if args.tiny else "full"
     experiments.run_experiment(args.name, mode=mode, out=args.out, seed=args.seed,
                                data=dataset, data_path=args.data)

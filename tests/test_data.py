@@ -1,12 +1,17 @@
-"""The experiments' data: the IDX reader and MNIST loader on files the tests write, the digits."""
+"""The experiments' data: the IDX reader and MNIST loader on files the tests write, the digits,
+MNIST-1D (skipped without the mnist1d package, apart from the errors that its absence gives)."""
 
 import gzip
+import random
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from fastbn.experiments import data
+from fastbn import cli
+from fastbn.experiments import data, report
 
 # The tests' own IDX writer, independent of the reader under test.
 _CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B,
@@ -166,3 +171,152 @@ def test_stratified_subset():
     np.testing.assert_array_equal(idx, data.stratified_subset(y, 10, seed=3))
     with pytest.raises(ValueError):
         data.stratified_subset(y, 0)
+
+
+def test_dataset_layout_of_images():
+    ds = data.load_digits()
+    assert ds.is_image and ds.sample_shape == ds.image_shape == (1, 8, 8)
+    assert "1437 train / 360 val images of shape (1, 8, 8)" in repr(ds)
+
+
+# --- MNIST-1D -------------------------------------------------------------------------------
+
+
+def no_network(mp: pytest.MonkeyPatch) -> None:
+    """Make every way mnist1d could reach the network (or its downloader) raise."""
+    import socket
+    import urllib.request
+
+    import mnist1d.data
+    import requests
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("MNIST-1D must be generated offline")
+
+    mp.setattr(mnist1d.data, "get_dataset", refuse)
+    mp.setattr(mnist1d.data.requests, "get", refuse)
+    mp.setattr(requests, "get", refuse)
+    mp.setattr(requests.Session, "request", refuse)
+    mp.setattr(urllib.request, "urlopen", refuse)
+    mp.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.fixture(scope="module")
+def mnist1d():
+    pytest.importorskip("mnist1d")
+    with pytest.MonkeyPatch.context() as mp:
+        no_network(mp)
+        return data.load_mnist1d()
+
+
+def test_mnist1d_shapes_dtypes_labels(mnist1d):
+    ds = mnist1d
+    assert ds.name == "mnist1d" == data.MNIST1D and ds.num_classes == 10
+    assert ds.x_train.shape == (4000, 1, 40) and ds.x_val.shape == (1000, 1, 40)
+    assert ds.y_train.shape == (4000,) and ds.y_val.shape == (1000,)
+    assert ds.x_train.dtype == ds.x_val.dtype == np.float32
+    assert ds.y_train.dtype == ds.y_val.dtype == np.int64
+    assert ds.x_train.flags.c_contiguous and ds.x_val.flags.c_contiguous
+    assert ds.sample_shape == (1, 40) and ds.num_features == 40 and not ds.is_image
+    assert "4000 train / 1000 val signals of shape (1, 40)" in repr(ds)
+    for y in (ds.y_train, ds.y_val):
+        assert y.min() == 0 and y.max() == 9
+    # the package's standardization over all 5,000 signals, kept as is
+    x = np.concatenate([ds.x_train, ds.x_val]).astype(np.float64)
+    assert abs(x.mean()) < 1e-4 and abs(x.std() - 1.0) < 1e-4
+    assert np.isfinite(x).all()
+
+
+def test_mnist1d_class_balance(mnist1d):
+    ds = mnist1d
+    np.testing.assert_array_equal(np.bincount(ds.y_train) + np.bincount(ds.y_val), [500] * 10)
+    for y in (ds.y_train, ds.y_val):
+        counts = np.bincount(y, minlength=10)
+        assert np.all(np.abs(counts - len(y) / 10) <= 0.15 * len(y) / 10), counts
+
+
+def test_mnist1d_is_deterministic_offline_and_restores_global_rngs(mnist1d, monkeypatch,
+                                                                    tmp_path):
+    no_network(monkeypatch)
+    monkeypatch.chdir(tmp_path)        # get_dataset would write ./mnist1d_data.pkl
+    np.random.seed(123)
+    random.seed(123)
+    again = data.load("mnist1d")       # the --data value, a second generation
+    after = np.random.random(), random.random()
+    np.random.seed(123)
+    random.seed(123)
+    assert after == (np.random.random(), random.random())
+    for name in ("x_train", "y_train", "x_val", "y_val"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(mnist1d, name))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mnist1d_layout_from_the_generator(monkeypatch):
+    """The package's (N, 40) float64 signals become (N, 1, 40) float32, in order."""
+    mnist1d_data = pytest.importorskip("mnist1d.data")
+    rng = np.random.default_rng(0)
+    raw = {"x": rng.normal(size=(20, 40)), "y": np.arange(20) % 10,
+           "x_test": rng.normal(size=(10, 40)), "y_test": np.arange(10)[::-1]}
+    seen = []
+    monkeypatch.setattr(mnist1d_data, "make_dataset", lambda args: seen.append(args) or raw)
+    ds = data.load_mnist1d()
+    assert seen[0].seed == 42 and seen[0].num_samples == 5000
+    assert seen[0].final_seq_length == 40 and seen[0].train_split == 0.8
+    np.testing.assert_array_equal(ds.x_train[:, 0], raw["x"].astype(np.float32))
+    np.testing.assert_array_equal(ds.x_val[:, 0], raw["x_test"].astype(np.float32))
+    np.testing.assert_array_equal(ds.y_train, raw["y"])
+    np.testing.assert_array_equal(ds.y_val, raw["y_test"])
+
+
+def test_mnist1d_is_not_imported_with_the_data_module():
+    code = ("import sys, fastbn.experiments.data, fastbn.cli; "
+            "bad = [m for m in ('mnist1d', 'requests', 'matplotlib') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_mnist1d_missing_package_says_which_extra(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "mnist1d", None)
+    monkeypatch.setitem(sys.modules, "mnist1d.data", None)
+    with pytest.raises(ImportError, match=r'pip install "fastbn\[experiments\]"'):
+        data.load_mnist1d()
+    assert cli.main(["experiment", "convergence", "--quick", "--data", "mnist1d",
+                     "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mnist1d" in err[0] and "fastbn[experiments]" in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mnist1d_refused_by_the_cnn(mnist1d, monkeypatch, capsys, tmp_path):
+    from fastbn.experiments import small_batch
+
+    with pytest.raises(ValueError, match="1-D signals of shape \\(1, 40\\)"):
+        _ = mnist1d.image_shape
+    with pytest.raises(ValueError, match="small-batch trains a 2-D CNN"):
+        small_batch.run(small_batch.make_config("tiny", 0, "mnist1d"), mnist1d,
+                        progress=False)
+    monkeypatch.setattr(data, "load_mnist1d", lambda: mnist1d)
+    assert cli.main(["experiment", "small-batch", "--tiny", "--data", "mnist1d",
+                     "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--data mnist1d: small-batch" in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_convergence_quick_on_mnist1d(mnist1d, monkeypatch, capsys, tmp_path):
+    """``fastbn experiment convergence --quick --data mnist1d``: the MLP on the flattened
+    signals (the generation itself is the fixture's, so it is not timed twice)."""
+    calls = []
+    monkeypatch.setattr(data, "load_mnist1d", lambda: calls.append(1) or mnist1d)
+    assert cli.main(["experiment", "convergence", "--quick", "--data", "mnist1d",
+                     "--out", str(tmp_path)]) == 0
+    assert calls == [1]
+    stdout = capsys.readouterr().out
+    assert "fastbn experiment convergence --quick --data mnist1d" in stdout
+    assert "signals of shape (1, 40)" in stdout
+    rows = report.read_csv(tmp_path / "convergence.csv")
+    assert {r["dataset"] for r in rows} == {"mnist1d"}
+    assert {r["seed"] for r in rows} == {0, 1} and {r["model"] for r in rows} == {"BN", "no BN"}
+    final = [r for r in rows if not r["diverged"] and r["epoch"] == max(x["epoch"] for x in rows)]
+    assert final and all(0.1 < r["val_accuracy"] <= 1.0 for r in final)   # above chance
+    assert (tmp_path / "convergence.png").stat().st_size > 1000

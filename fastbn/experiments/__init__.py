@@ -1,7 +1,10 @@
 """The tutorial's batch-normalization experiments, on ``fastbn.nn`` and NumPy.
 
 ``fastbn experiment NAME [--quick] [--out DIR] [--seed N] [--data PATH]`` runs
-one of them; :func:`run_experiment` is the same from Python.
+one of them (on scikit-learn's digits; ``--data DIR``: MNIST's IDX files;
+``--data mnist1d``: MNIST-1D, generated in memory, MLP experiments only; see
+:mod:`fastbn.experiments.data`); :func:`run_experiment` is the same from
+Python.
 
 ========================  ===================================================================
 ``convergence``           Does batch norm reach a target accuracy in fewer epochs / seconds?
@@ -50,7 +53,8 @@ MODES = ("full", "quick", "tiny")
 #: The third-party packages the experiments need ("fastbn[experiments]").
 EXTRAS = {"matplotlib": "matplotlib", "tqdm": "tqdm", "sklearn": "scikit-learn"}
 
-__all__ = ["EXPERIMENTS", "MODES", "get", "missing_extras", "command_line", "run_experiment"]
+__all__ = ["EXPERIMENTS", "MODES", "get", "missing_extras", "check_data", "command_line",
+           "run_experiment"]
 
 
 def get(name: str):
@@ -66,6 +70,17 @@ def missing_extras(*, need_sklearn: bool = True) -> list[str]:
 
     return [pip for mod, pip in EXTRAS.items()
             if (need_sklearn or mod != "sklearn") and importlib.util.find_spec(mod) is None]
+
+
+def check_data(name: str, data) -> None:
+    """Raise ValueError if experiment ``name`` cannot run on ``data`` (a Dataset).
+
+    ``small-batch`` trains a 2-D CNN and needs images, so it refuses
+    MNIST-1D's 1-D signals; the MLP experiments take any samples (flattened).
+    """
+    check = getattr(get(name), "check_data", None)
+    if check is not None:
+        check(data)
 
 
 def command_line(name: str, mode: str = "full", seed: int = 0,
@@ -102,7 +117,8 @@ def run_experiment(name: str, *, mode: str = "full", out: str | os.PathLike = ".
         Default: :func:`fastbn.experiments.data.load` of ``data_path`` (digits
         when that is None too).
     data_path : str, optional
-        The MNIST directory (for loading, and for the command in the caption).
+        The ``--data`` value: an MNIST directory or ``"mnist1d"`` (for loading,
+        and for the command in the caption).
     progress : bool
         Show a tqdm bar on stderr.
     file : text stream

@@ -131,6 +131,19 @@ def make_config(mode: str = "full", seed: int = 0, dataset: str = "digits") -> C
                   max_train=64, max_val=100)
 
 
+def check_data(data: Dataset) -> None:
+    """Raise ValueError unless ``data`` holds images: the CNN is 2-D (Conv2d).
+
+    MNIST-1D's 1-D signals ``(N, 1, 40)`` are refused here, before any
+    training, rather than deep inside the first convolution.
+    """
+    if not data.is_image:
+        raise ValueError(f"small-batch trains a 2-D CNN (Conv2d) and needs images "
+                         f"(N, C, H, W); {data.name} holds 1-D signals of shape "
+                         f"{data.sample_shape}. The MLP experiments (convergence, "
+                         f"learning-rate, init) take them")
+
+
 def build(model: str, norm: str, data: Dataset, rng: np.random.Generator | None = None):
     """``model`` ("cnn" or "mlp") with normalization ``norm``, for ``data``."""
     if model == "cnn":
@@ -147,7 +160,15 @@ def run(config: Config, data: Dataset, *, progress: bool = True) -> list[dict]:
     statistics pool per step, in the model's BN layer with the fewest and
     with the most (CNN: ``B x H x W`` of block 2 and of block 1; MLP: ``B``),
     whatever the row's norm.
+
+    Raises
+    ------
+    ValueError
+        ``config.models`` has the CNN and ``data`` holds no images (see
+        :func:`check_data`).
     """
+    if "cnn" in config.models:
+        check_data(data)
     data = data.subset(config.max_train, config.max_val)
     rows = []
     for model_name in config.models:   # load Numba's kernels before the timed runs
