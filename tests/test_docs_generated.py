@@ -25,6 +25,10 @@ pytest.importorskip("matplotlib")
 
 
 def _load_generate():
+    # The per-experiment generators beside it (gen_*.py) import it as ``generate``,
+    # as the Sphinx build does with docs/_ext on the path.
+    if str(DOCS / "_ext") not in sys.path:
+        sys.path.insert(0, str(DOCS / "_ext"))
     spec = importlib.util.spec_from_file_location("fastbn_docs_generate",
                                                   DOCS / "_ext" / "generate.py")
     module = importlib.util.module_from_spec(spec)

@@ -48,7 +48,8 @@ HEADLINE_START = "<!-- headline:start -->"
 HEADLINE_END = "<!-- headline:end -->"
 
 #: The experiments with a committed CSV, in the order of the guide.
-EXPERIMENTS = ("convergence", "learning-rate", "init", "small-batch", "sync-bn")
+EXPERIMENTS = ("convergence", "learning-rate", "init", "small-batch", "placement", "depth",
+               "sync-bn")
 #: The timing runs whose CSVs sit beside the experiments' (profile, Dask, SyncBatchNorm cost).
 TIMINGS = ("profile", "dask-moments", "sync-bn-cost")
 
@@ -583,15 +584,27 @@ def sync_bn(rows: list[dict]) -> tuple[dict[str, str], list[dict]]:
     return out, summary
 
 
+def _beside(module: str) -> Callable[[list[dict]], tuple[dict[str, str], list[dict]]]:
+    """The ``snippets`` function of ``docs/_ext/<module>.py``, imported when first called
+    (those modules import this one, so they cannot be imported while it loads)."""
+    def snippets(rows: list[dict]) -> tuple[dict[str, str], list[dict]]:
+        import importlib
+
+        return importlib.import_module(module).snippets(rows)
+
+    return snippets
+
+
 _EXPERIMENT_SNIPPETS: dict[str, Callable[[list[dict]], tuple[dict[str, str], list[dict]]]] = {
     "convergence": convergence, "learning-rate": learning_rate, "init": init_scale,
-    "small-batch": small_batch, "sync-bn": sync_bn}
+    "small-batch": small_batch, "placement": _beside("gen_placement"),
+    "depth": _beside("gen_depth"), "sync-bn": sync_bn}
 
 
 def experiment_run(name: str, measurements: dict) -> str:
     """The sentence that says how, where and when experiment ``name``'s CSV was made."""
     run = measurements["experiments"][name]
-    machine = measurements["machine"]["description"]
+    machine = run.get("machine", measurements["machine"]["description"])
     text = (f"The figure, the tables and the verdict come from one run of "
             f"`{run['command']}` on {run['date']}, on {machine}.")
     if "wall_s" in run:
@@ -616,12 +629,18 @@ def experiments_snippets(srcdir: Path) -> dict[str, str]:
              "verdict": s["verdict"], "measured": s["measured"]} for s in summary]
     out["experiments-summary.md"] = md_table(rows, align="llll")
     walls = [measurements["experiments"][n]["wall_s"] for n in EXPERIMENTS
-             if "wall_s" in measurements["experiments"][n]]
+             if "wall_s" in measurements["experiments"][n]
+             and "machine" not in measurements["experiments"][n]]
     quick = measurements["experiments_quick"]
-    out["experiments-times.md"] = (
-        f"On the machine of the [performance page](../performance.md), `--quick` takes "
-        f"{quick['min_s']:.0f} to {quick['max_s']:.0f} s per experiment and the full runs "
-        f"{_duration(min(walls))} to {_duration(max(walls))}.\n")
+    text = (f"On the machine of the [performance page](../performance.md), `--quick` takes "
+            f"{quick['min_s']:.0f} to {quick['max_s']:.0f} s per experiment and the full runs "
+            f"{_duration(min(walls))} to {_duration(max(walls))}.")
+    later = [n for n in EXPERIMENTS if "machine" in measurements["experiments"][n]]
+    for n in later:
+        run = measurements["experiments"][n]
+        text += (f" `{n}` ran on {run['date']} on {run['machine']}"
+                 + (f", and took {_duration(run['wall_s'])}" if "wall_s" in run else "") + ".")
+    out["experiments-times.md"] = text + "\n"
     return out
 
 

@@ -12,6 +12,10 @@ Python.
 ``init``                  How sensitive is training to the weight-initialization scale?
 ``small-batch``           How do BN, GN, LN, IN, batch renorm and ghost BN fare at batch 2-32,
                           in a CNN and in the MLP?
+``placement``             Dense -> BN -> ReLU vs Dense -> ReLU -> BN, the bias before BN,
+                          BN with dropout
+``depth``                 Do activations explode or vanish with depth, and does BN let
+                          deeper MLPs train?
 ``sync-bn``               Under ``mpiexec -n K``: does data-parallel training with
                           SyncBatchNorm follow the one-process loss curve?
 ========================  ===================================================================
@@ -45,6 +49,8 @@ EXPERIMENTS = {
     "learning-rate": "learning_rate",
     "init": "init_scale",
     "small-batch": "small_batch",
+    "placement": "placement",
+    "depth": "depth",
     "sync-bn": "sync_bn",
 }
 
