@@ -49,7 +49,7 @@ HEADLINE_END = "<!-- headline:end -->"
 
 #: The experiments with a committed CSV, in the order of the guide.
 EXPERIMENTS = ("convergence", "learning-rate", "init", "small-batch", "placement", "depth",
-               "sync-bn")
+               "covariate-shift", "sync-bn")
 #: The timing runs whose CSVs sit beside the experiments' (profile, Dask, SyncBatchNorm cost).
 TIMINGS = ("profile", "dask-moments", "sync-bn-cost")
 
@@ -598,7 +598,8 @@ def _beside(module: str) -> Callable[[list[dict]], tuple[dict[str, str], list[di
 _EXPERIMENT_SNIPPETS: dict[str, Callable[[list[dict]], tuple[dict[str, str], list[dict]]]] = {
     "convergence": convergence, "learning-rate": learning_rate, "init": init_scale,
     "small-batch": small_batch, "placement": _beside("gen_placement"),
-    "depth": _beside("gen_depth"), "sync-bn": sync_bn}
+    "depth": _beside("gen_depth"),
+    "covariate-shift": _beside("gen_covariate_shift"), "sync-bn": sync_bn}
 
 
 def experiment_run(name: str, measurements: dict) -> str:

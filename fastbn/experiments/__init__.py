@@ -16,6 +16,8 @@ Python.
                           BN with dropout
 ``depth``                 Do activations explode or vanish with depth, and does BN let
                           deeper MLPs train?
+``covariate-shift``       Ioffe & Szegedy's Figure 1: does the input of a last-layer
+                          sigmoid drift without BN, and stay put with it?
 ``sync-bn``               Under ``mpiexec -n K``: does data-parallel training with
                           SyncBatchNorm follow the one-process loss curve?
 ========================  ===================================================================
@@ -51,6 +53,7 @@ EXPERIMENTS = {
     "small-batch": "small_batch",
     "placement": "placement",
     "depth": "depth",
+    "covariate-shift": "covariate_shift",
     "sync-bn": "sync_bn",
 }
 
