@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SKIP_DIRS = {"_build", "_generated", "generated"}
 
-FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<ticks>`{3,}|~{3,})(?P<info>[^\n]*)\n(?P<body>.*?)^(?P=indent)(?P=ticks)[ \t]*$",
-                   re.S | re.M)
+FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<ticks>`{3,}|~{3,})(?P<info>[^\n]*)\n"
+                   r"(?P<body>.*?)^(?P=indent)(?P=ticks)[ \t]*$", re.S | re.M)
 
 
 def markdown_files() -> list[Path]:
@@ -154,11 +154,12 @@ def test_docstring_examples(name, tmp_path, monkeypatch):
 
 API_MODULES = ["fastbn", "fastbn.nn", "fastbn.distributed", "fastbn.dask", "fastbn.reference",
                "fastbn.formula"]
-DIRECTIVE = re.compile(r"^\.\. (currentmodule|automodule|autodata|autofunction|autoclass)::\s*(\S+)")
+DIRECTIVE = re.compile(
+    r"^\.\. (currentmodule|automodule|autodata|autofunction|autoclass)::\s*(\S+)")
 
 
 def documented_names() -> set[str]:
-    """Dotted names that docs/reference/*.rst documents (autosummary entries and auto* directives)."""
+    """Dotted names that docs/reference/*.rst documents (autosummary entries, auto* directives)."""
     names: set[str] = set()
     for rst in sorted((DOCS / "reference").glob("*.rst")):
         current, in_summary = "", False
@@ -197,7 +198,7 @@ def test_every_tunable_has_an_api_entry():
     documented = documented_names()
     tunables = [n for n in vars(config) if n.isupper()]
     missing = [n for n in tunables if f"fastbn.config.{n}" not in documented]
-    assert not missing, f"fastbn.config names without an entry in docs/reference/config.rst: {missing}"
+    assert not missing, f"fastbn.config names without an entry in reference/config.rst: {missing}"
 
 
 def test_the_api_check_sees_a_missing_name(tmp_path):

@@ -23,7 +23,9 @@ COLUMNS = {
     "small-batch": {"dataset", "model", "norm", "batch_size", "seed", "lr", "bn_pool_min",
                     "bn_pool_max", "epochs_run", "steps", "train_loss", "val_accuracy",
                     "val_error_pct", "diverged", "seconds"},
-    "placement": {"dataset", "variant", "seed", "epoch", "train_loss", "train_eval_loss", "train_accuracy", "val_loss", "val_accuracy", "bias_ratio_max", "bias_ratio_min", "bias_abs_max", "diverged"},
+    "placement": {"dataset", "variant", "seed", "epoch", "train_loss", "train_eval_loss",
+                  "train_accuracy", "val_loss", "val_accuracy", "bias_ratio_max",
+                  "bias_ratio_min", "bias_abs_max", "diverged"},
 }
 
 

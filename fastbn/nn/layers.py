@@ -606,7 +606,35 @@ def _as_float(x: np.ndarray) -> np.ndarray:
     return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
 
 
-class Sigmoid(Module):
+class _Pointwise(Module):
+    """An elementwise activation whose forward saves its local derivative ``dy/dx``;
+    ``backward`` multiplies ``dy`` by it (Sigmoid, Tanh)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._dydx: np.ndarray | None = None
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """``dx = dy * f'(x)`` for the last forward's x.
+
+        Parameters
+        ----------
+        dy : numpy.ndarray
+            Gradient with respect to the last forward's output (its shape).
+
+        Returns
+        -------
+        numpy.ndarray
+            Gradient with respect to the last forward's input.
+        """
+        name = type(self).__name__
+        dydx = _need(self._dydx, name)
+        dy = np.asarray(dy)
+        _check_dy(dy, dydx.shape, name)
+        return dy * dydx
+
+
+class Sigmoid(_Pointwise):
     r"""Logistic sigmoid, :math:`y = \sigma(x) = 1 / (1 + e^{-x})`.
 
     Backward: :math:`\partial L/\partial x = \delta\, \sigma(x)\,(1 - \sigma(x))`.
@@ -634,10 +662,6 @@ class Sigmoid(Module):
     [0.     0.25   0.105  0.    ]
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._dydx: np.ndarray | None = None
-
     def forward(self, x: np.ndarray) -> np.ndarray:
         r""":math:`\sigma(x)`, elementwise.
 
@@ -659,26 +683,8 @@ class Sigmoid(Module):
             self._dydx = r * er
         return np.where(x >= 0, r, er)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        """``dx = dy * sigma(x) * (1 - sigma(x))`` for the last forward's x.
 
-        Parameters
-        ----------
-        dy : numpy.ndarray
-            Gradient with respect to the last forward's output (its shape).
-
-        Returns
-        -------
-        numpy.ndarray
-            Gradient with respect to the last forward's input.
-        """
-        dydx = _need(self._dydx, "Sigmoid")
-        dy = np.asarray(dy)
-        _check_dy(dy, dydx.shape, "Sigmoid")
-        return dy * dydx
-
-
-class Tanh(Module):
+class Tanh(_Pointwise):
     r"""Hyperbolic tangent, :math:`y = \tanh(x)`.
 
     Backward: :math:`\partial L/\partial x = \delta\,(1 - \tanh^2 x)`.
@@ -702,10 +708,6 @@ class Tanh(Module):
     [0.     1.     0.7864 0.    ]
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._dydx: np.ndarray | None = None
-
     def forward(self, x: np.ndarray) -> np.ndarray:
         r""":math:`\tanh(x)`, elementwise.
 
@@ -722,24 +724,6 @@ class Tanh(Module):
         y = np.tanh(_as_float(np.asarray(x)))
         self._dydx = (1 - y) * (1 + y)
         return y
-
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        """``dx = dy * (1 - tanh(x)**2)`` for the last forward's x.
-
-        Parameters
-        ----------
-        dy : numpy.ndarray
-            Gradient with respect to the last forward's output (its shape).
-
-        Returns
-        -------
-        numpy.ndarray
-            Gradient with respect to the last forward's input.
-        """
-        dydx = _need(self._dydx, "Tanh")
-        dy = np.asarray(dy)
-        _check_dy(dy, dydx.shape, "Tanh")
-        return dy * dydx
 
 
 class Dropout(Module):
