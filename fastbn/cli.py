@@ -44,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
                     "seeds).")
     # NAME is checked by hand, not with argparse choices, so a bad name is one line.
     experiment.add_argument("name", metavar="NAME",
-                            help="convergence, learning-rate, init or small-batch")
+                            help="the experiment: convergence, learning-rate, init, small-batch, "
+                                 "placement, depth, covariate-shift, noisy-bn, ics, landscape "
+                                 "or sync-bn")
     experiment.add_argument("--quick", action="store_true",
                             help="2 seeds, fewer epochs and grid points (seconds, not minutes)")
     experiment.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
@@ -57,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                                  "... raw or .gz) instead of the digits, or 'mnist1d': "
                                  "MNIST-1D's 4,000 + 1,000 signals of length 40, generated "
                                  "in memory by the mnist1d package (MLP experiments only; "
-                                 "a directory of that name is ./mnist1d); never downloads")
+                                 "a directory of that name is ./mnist1d), or 'digits' "
+                                 "(the default of most); never downloads")
     return parser
 
 
@@ -108,7 +111,8 @@ def _experiment(args: argparse.Namespace) -> int:
         return fail(f"--seed must be >= 0; got {args.seed}")
     if args.quick and args.tiny:
         return fail("--quick and --tiny exclude each other")
-    missing = experiments.missing_extras(need_sklearn=args.data is None)
+    data_path = args.data if args.data is not None else experiments.default_data(args.name)
+    missing = experiments.missing_extras(need_sklearn=data_path is None)
     if args.name == "sync-bn" and importlib.util.find_spec("mpi4py") is None:
         return fail("sync-bn needs mpi4py: pip install \"fastbn[mpi,experiments]\" and run it "
                     "as mpiexec -n 2 fastbn experiment sync-bn")
@@ -121,7 +125,7 @@ def _experiment(args: argparse.Namespace) -> int:
     from .experiments import data as data_mod
 
     try:
-        dataset = data_mod.load(args.data)
+        dataset = data_mod.load(data_path)
     except ImportError as exc:
         return fail(str(exc))
     except (OSError, ValueError) as exc:
@@ -132,7 +136,7 @@ def _experiment(args: argparse.Namespace) -> int:
         return fail(f"--data {args.data}: {exc}")
     mode = "quick" if args.quick else "tiny" if args.tiny else "full"
     experiments.run_experiment(args.name, mode=mode, out=args.out, seed=args.seed,
-                               data=dataset, data_path=args.data)
+                               data=dataset, data_path=data_path)
     return 0
 
 

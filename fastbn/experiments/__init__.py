@@ -18,6 +18,14 @@ Python.
                           deeper MLPs train?
 ``covariate-shift``       Ioffe & Szegedy's Figure 1: does the input of a last-layer
                           sigmoid drift without BN, and stay put with it?
+``baselines``             MNIST-1D: do our models, trained as the MNIST-1D paper trains them,
+                          match its baselines (logistic regression, MLP, CNN)?
+``noisy-bn``              Santurkar et al.'s Figure 2: does BN with noise after it, whose
+                          layers' inputs move at every step, train as well as BN?
+``ics``                   Santurkar et al.'s gradient-based internal covariate shift:
+                          ``||G - G'||`` and ``cos(G, G')`` per layer, with and without BN
+``landscape``             Santurkar et al.'s Figure 4: loss variation, gradient
+                          predictiveness and beta-smoothness along the gradient
 ``sync-bn``               Under ``mpiexec -n K``: does data-parallel training with
                           SyncBatchNorm follow the one-process loss curve?
 ========================  ===================================================================
@@ -33,7 +41,10 @@ Every experiment is a module with the same four functions:
 * ``plot(rows, config, path, caption)`` -- the figure.
 
 The CSV, the figure and the printed summary are all made from the one table,
-so they cannot disagree.  ``profile`` (``python -m fastbn.experiments.profile``)
+so they cannot disagree.  A module's ``DATA`` (default None, digits) is the
+``--data`` value it runs on when none is given: ``baselines`` and the three
+Santurkar experiments default to ``"mnist1d"``, where training does not
+saturate.  ``profile`` (``python -m fastbn.experiments.profile``)
 measures how much of a training step normalization takes.  Importing this
 package imports neither matplotlib nor scikit-learn nor the layers.
 """
@@ -54,6 +65,10 @@ EXPERIMENTS = {
     "placement": "placement",
     "depth": "depth",
     "covariate-shift": "covariate_shift",
+    "baselines": "baselines",
+    "noisy-bn": "noisy_bn",
+    "ics": "ics",
+    "landscape": "landscape",
     "sync-bn": "sync_bn",
 }
 
@@ -62,8 +77,8 @@ MODES = ("full", "quick", "tiny")
 #: The third-party packages the experiments need ("fastbn[experiments]").
 EXTRAS = {"matplotlib": "matplotlib", "tqdm": "tqdm", "sklearn": "scikit-learn"}
 
-__all__ = ["EXPERIMENTS", "MODES", "get", "missing_extras", "check_data", "command_line",
-           "run_experiment"]
+__all__ = ["EXPERIMENTS", "MODES", "get", "default_data", "missing_extras", "check_data",
+           "command_line", "run_experiment"]
 
 
 def get(name: str):
@@ -71,6 +86,11 @@ def get(name: str):
     if name not in EXPERIMENTS:
         raise KeyError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
     return importlib.import_module(f"{__name__}.{EXPERIMENTS[name]}")
+
+
+def default_data(name: str) -> str | None:
+    """The ``--data`` value experiment ``name`` runs on when none is given (None: digits)."""
+    return getattr(get(name), "DATA", None)
 
 
 def missing_extras(*, need_sklearn: bool = True) -> list[str]:
@@ -123,8 +143,8 @@ def run_experiment(name: str, *, mode: str = "full", out: str | os.PathLike = ".
     seed : int
         The first seed; the run uses ``seed, seed + 1, ...``.
     data : Dataset, optional
-        Default: :func:`fastbn.experiments.data.load` of ``data_path`` (digits
-        when that is None too).
+        Default: :func:`fastbn.experiments.data.load` of ``data_path`` (when
+        that is None too, of the experiment's :func:`default_data`).
     data_path : str, optional
         The ``--data`` value: an MNIST directory or ``"mnist1d"`` (for loading,
         and for the command in the caption).
@@ -146,6 +166,8 @@ def run_experiment(name: str, *, mode: str = "full", out: str | os.PathLike = ".
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
     module = get(name)
     if data is None:
+        if data_path is None:
+            data_path = default_data(name)
         data = data_mod.load(data_path)
     from .train import single_threaded_blas
 

@@ -42,7 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["Dataset", "load", "load_digits", "load_mnist", "load_mnist1d", "read_idx",
-           "IDX_TYPES", "MNIST_FILES", "MNIST1D", "MNIST1D_BASELINES", "stratified_subset"]
+           "IDX_TYPES", "MNIST_FILES", "DIGITS", "MNIST1D", "MNIST1D_BASELINES",
+           "stratified_subset"]
 
 #: IDX type code -> NumPy dtype of the (big-endian) data.
 IDX_TYPES = {
@@ -65,6 +66,11 @@ MNIST_FILES = {
 #: The digits split: fraction held out for validation and the split's own seed.
 DIGITS_VAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
+
+#: The ``--data`` value (and :attr:`Dataset.name`) of scikit-learn's digits, the default of
+#: most experiments; for those that default to MNIST-1D.  A directory of that name is
+#: reached as ``./digits``.
+DIGITS = "digits"
 
 #: The ``--data`` value (and :attr:`Dataset.name`) of MNIST-1D.  A directory of
 #: that name is reached as ``./mnist1d``.
@@ -383,13 +389,14 @@ def load(path: str | os.PathLike | None = None) -> Dataset:
 
     Parameters
     ----------
-    path : None, "mnist1d", str or path-like
-        ``None``: scikit-learn's digits (:func:`load_digits`); the string
+    path : None, "digits", "mnist1d", str or path-like
+        ``None`` or ``"digits"`` (:data:`DIGITS`): scikit-learn's digits
+        (:func:`load_digits`; a directory named ``digits`` is ``./digits``); the string
         ``"mnist1d"`` (:data:`MNIST1D`): MNIST-1D generated in memory
         (:func:`load_mnist1d`); anything else: a directory of MNIST IDX files
         (:func:`load_mnist`; a directory named ``mnist1d`` is ``./mnist1d``).
     """
-    if path is None:
+    if path is None or (isinstance(path, str) and path == DIGITS):
         return load_digits()
     if isinstance(path, str) and path == MNIST1D:
         return load_mnist1d()
