@@ -41,7 +41,8 @@ generate = _load_generate()
 
 #: The committed data that generate.py reads.
 DATA = ["bench-cpu.json", "measurements.json",
-        *(f"experiments/{name}.csv" for name in generate.EXPERIMENTS + generate.TIMINGS)]
+        *(f"experiments/{name}.csv" for name in generate.EXPERIMENTS + generate.TIMINGS),
+        *(f"experiments/mnist1d/{name}.csv" for name in generate.MNIST1D_RERUNS)]
 
 
 def _pages() -> list[Path]:
@@ -280,3 +281,28 @@ def test_performance_prose():
     report = generate.read_bench(DOCS)
     shapes = {tuple(r["shape"]) for r in report["rows"]}
     assert (8, 768) in shapes and (2, 56, 56, 64) in shapes
+
+
+def test_baselines_and_mnist1d_prose():
+    from fastbn.experiments import baselines, convergence, init_scale, learning_rate
+
+    _assert_in("experiments/baselines.md", "Adam at learning rate 1e-2", "batch 100, 8,000 steps",
+               "kernels 5, 3 and 3, stride 2 and padding 1", "within 3 points",
+               "32% for logistic regression, 68% for an MLP, 94% for a CNN and 91% for a GRU")
+    cfg = _config("baselines")
+    assert (cfg.lr, cfg.batch_size, cfg.steps, cfg.tolerance) == (1e-2, 100, 8000, 0.03)
+    assert baselines.MNIST1D_BASELINES == {"logistic regression": 0.32, "MLP": 0.68,
+                                           "CNN": 0.94, "GRU": 0.91}
+    _assert_in("experiments/mnist1d.md", "from 60% validation accuracy", "The CNN's target is 80%",
+               "Adam at lr 1e-3, batch 32, 60 epochs of 125 steps, 10 seeds",
+               "9 learning rates from 1e-4 to 1", "7 initialization scales from 0.01 to 10",
+               "at lr 0.01, batch 32. 30 epochs, 5 seeds")
+    conv = convergence.make_config("full", 0, "mnist1d")
+    assert (conv.target("BN"), conv.target("CNN BN"), conv.lr, conv.batch_size, conv.epochs,
+            len(conv.seeds)) == (0.6, 0.8, 1e-3, 32, 60, 10)
+    assert 4000 // conv.batch_size == 125
+    lr = learning_rate.make_config("full", 0, "mnist1d")
+    assert (len(lr.lrs), lr.lrs[0], lr.lrs[-1], lr.epochs, len(lr.seeds)) == (9, 1e-4, 1.0, 30, 5)
+    init = init_scale.make_config("full", 0, "mnist1d")
+    assert (len(init.scales), init.scales[0], init.scales[-1], init.lr, init.batch_size,
+            init.epochs, len(init.seeds)) == (7, 0.01, 10.0, 0.01, 32, 30, 5)

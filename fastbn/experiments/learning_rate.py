@@ -12,7 +12,8 @@ non-finite or exploding loss stops it; see :func:`fastbn.experiments.train.fit`)
 Summary: per optimizer and learning rate, the final accuracy of each model
 (mean ± std over the seeds that did not diverge) and how many seeds
 diverged.  A model "trains" at a learning rate when no seed diverged and the
-mean final accuracy is at least ``ok_accuracy`` (90%); the verdict compares
+mean final accuracy is at least ``ok_accuracy`` (90%; 60% on MNIST-1D, where the MLP tops out
+near 65-70%); the verdict compares
 the largest learning rate at which each model trains.
 """
 
@@ -53,7 +54,16 @@ class Config:
 def make_config(mode: str = "full", seed: int = 0, dataset: str = "digits") -> Config:
     """Full: 9 rates x 2 optimizers x 2 models x 5 seeds, 20 epochs (MNIST: 3 seeds,
     5 epochs on 20,000 images); quick: 5 rates, 2 seeds, 5 epochs (MNIST: 2,000
-    images); tiny: 2 rates, 2 seeds, 1 epoch on 200 images."""
+    images); tiny: 2 rates, 2 seeds, 1 epoch on 200 images.  MNIST-1D: 5 seeds x 30
+    epochs (quick: 2 x 5), and a model "trains" from 60% validation accuracy."""
+    if dataset == "mnist1d":
+        seeds = tuple(range(seed, seed + (5 if mode == "full" else 2)))
+        if mode == "full":
+            return Config(mode, dataset, seeds, lr_grid(9), epochs=30, ok_accuracy=0.6)
+        if mode == "quick":
+            return Config(mode, dataset, seeds, lr_grid(5), epochs=5, ok_accuracy=0.6)
+        return Config(mode, dataset, seeds, (1e-3, 1.0), epochs=1, ok_accuracy=0.6,
+                      max_train=200, max_val=100)
     mnist = dataset != "digits"
     n_seeds = (3 if mnist else 5) if mode == "full" else 2
     seeds = tuple(range(seed, seed + n_seeds))
@@ -132,7 +142,7 @@ def _verdict(opt_name: str, best: dict, config: Config) -> str:
             "NOT REPRODUCED (higher, but less than 10x)" if ratio > 1 else
             "NOT REPRODUCED (not higher)")
     return (f"{head} {word} -- largest rate reaching {ok} with no seed diverging: "
-            f"{bn:g} with BN vs {no:g} without ({ratio:g}x).")
+            f"{bn:g} with BN vs {no:g} without ({ratio:.3g}x).")
 
 
 def plot(rows: list[dict], config: Config, path: str, caption: str) -> None:

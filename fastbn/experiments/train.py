@@ -11,6 +11,8 @@ Models
   Norm -> ReLU``).
 * :func:`cnn` -- a small CNN for 1xHxW images with a choice of normalization
   (:data:`NORMS`), for the small-batch experiment.
+* :func:`cnn1d` -- the MNIST-1D paper's CNN for ``(N, 1, L)`` signals, with or
+  without batch norm.
 
 Training
 --------
@@ -42,8 +44,10 @@ from ..nn import (
     SGD,
     Adam,
     BatchNorm,
+    Conv1d,
     Conv2d,
     Dense,
+    Flatten,
     GlobalAvgPool2d,
     GroupNorm,
     InstanceNorm,
@@ -195,6 +199,36 @@ def cnn(image_shape: tuple[int, int, int], num_classes: int, *, norm: str,
         *block(c_in, 16, stride), ReLU(), MaxPool2d(2),
         *block(16, 32, 1), ReLU(), GlobalAvgPool2d(),
         Dense(32, num_classes, rng=rng))
+
+
+#: The MNIST-1D paper's CNN: three convolutions of 25 channels, stride 2, padding 1.
+CNN1D_KERNELS = (5, 3, 3)
+CNN1D_CHANNELS = 25
+
+
+def cnn1d(length: int, num_classes: int, *, bn: bool,
+          rng: np.random.Generator | None = None) -> Sequential:
+    """The CNN of the MNIST-1D paper (Greydanus & Kobak 2024) for ``(N, 1, length)`` signals.
+
+    ``Conv1d(1, 25, 5, stride=2, padding=1) -> ReLU -> Conv1d(25, 25, 3,
+    stride=2, padding=1) -> ReLU -> Conv1d(25, 25, 3, stride=2, padding=1) ->
+    ReLU -> Flatten -> Dense(25 * L3, classes)`` (``L3 = 5`` for length 40),
+    He-initialized.  With ``bn``, each convolution has no bias and is followed
+    by ``BatchNorm(25)`` (per channel, over the batch and the positions)
+    before its ReLU.
+    """
+    layers: list = []
+    channels = 1
+    for k in CNN1D_KERNELS:
+        layers.append(Conv1d(channels, CNN1D_CHANNELS, k, stride=2, padding=1,
+                             use_bias=not bn, rng=rng))
+        if bn:
+            layers.append(BatchNorm(CNN1D_CHANNELS))
+        layers.append(ReLU())
+        channels = CNN1D_CHANNELS
+        length = (length + 2 - k) // 2 + 1
+    layers += [Flatten(), Dense(channels * length, num_classes, rng=rng)]
+    return Sequential(*layers)
 
 
 def norm_positions(model: Sequential, input_shape: tuple[int, ...]) -> list[int]:
