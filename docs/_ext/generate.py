@@ -49,7 +49,11 @@ HEADLINE_END = "<!-- headline:end -->"
 
 #: The experiments with a committed CSV, in the order of the guide.
 EXPERIMENTS = ("convergence", "learning-rate", "init", "small-batch", "placement", "depth",
-               "covariate-shift", "sync-bn")
+               "covariate-shift", "baselines", "noisy-bn", "ics", "landscape", "sync-bn")
+
+#: The experiments re-run on MNIST-1D, their CSVs in ``docs/experiments/mnist1d/``
+#: (``docs/_ext/gen_mnist1d.py``).
+MNIST1D_RERUNS = ("convergence", "learning-rate", "init")
 #: The timing runs whose CSVs sit beside the experiments' (profile, Dask, SyncBatchNorm cost).
 TIMINGS = ("profile", "dask-moments", "sync-bn-cost")
 
@@ -599,7 +603,9 @@ _EXPERIMENT_SNIPPETS: dict[str, Callable[[list[dict]], tuple[dict[str, str], lis
     "convergence": convergence, "learning-rate": learning_rate, "init": init_scale,
     "small-batch": small_batch, "placement": _beside("gen_placement"),
     "depth": _beside("gen_depth"),
-    "covariate-shift": _beside("gen_covariate_shift"), "sync-bn": sync_bn}
+    "covariate-shift": _beside("gen_covariate_shift"), "baselines": _beside("gen_mnist1d"),
+    "noisy-bn": _beside("gen_noisy_bn"), "ics": _beside("gen_ics"),
+    "landscape": _beside("gen_landscape"), "sync-bn": sync_bn}
 
 
 def experiment_run(name: str, measurements: dict) -> str:
@@ -619,9 +625,17 @@ def _duration(seconds: float) -> str:
 
 def experiments_snippets(srcdir: Path) -> dict[str, str]:
     """Every snippet of the experiment pages, by file name in ``_generated``."""
+    import gen_mnist1d
+
     measurements = read_measurements(srcdir)
     out, summary = {}, []
+    reruns, rerun_claims = gen_mnist1d.rerun_snippets(srcdir)
+    out.update(reruns)
+    for name in MNIST1D_RERUNS:
+        out[f"mnist1d-{name}-run.md"] = experiment_run(f"mnist1d/{name}", measurements)
     for name in EXPERIMENTS:
+        if name == "sync-bn":       # the tutorial's claims first, fastbn's own (sync-bn) last
+            summary += rerun_claims
         snippets, claims = _EXPERIMENT_SNIPPETS[name](read_experiment(srcdir, name))
         out.update(snippets)
         out[f"{name}-run.md"] = experiment_run(name, measurements)
