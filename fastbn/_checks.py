@@ -397,3 +397,41 @@ def warn_skipped_update(skipped: int, channels: int) -> None:
         f"batch statistics are not finite (NaN or inf in the batch) in {skipped} of "
         f"{channels} channels; their running_mean/running_var were left unchanged",
         RuntimeWarning, stacklevel=4)
+
+
+def mask(mask, x_shape, axis: int):
+    """A batch-norm ``mask`` checked against x: a bool array of x's shape without the
+    channel axis ``axis`` (0..ndim-1).  Returns it as a host bool ``(A, B)`` array (the
+    3-D view's rows without the channel), or None when every position is True (the
+    unmasked call).  TypeError for a non-bool or device mask, ValueError for a wrong
+    shape, both naming ``mask``."""
+    if mask is None:
+        return None
+    x_shape = tuple(x_shape)
+    expected = x_shape[:axis] + x_shape[axis + 1:]
+    arr = mask if is_cuda_array(mask) else np.asarray(mask)
+    if np.dtype(arr.dtype) != np.bool_:
+        raise TypeError(f"mask must be a bool array of shape {expected} (x of shape {x_shape} "
+                        f"without axis {axis}); got dtype {arr.dtype} with shape "
+                        f"{tuple(arr.shape)}")
+    if tuple(arr.shape) != expected:
+        raise ValueError(f"mask must have x's shape without the channel axis, {expected} for x "
+                         f"of shape {x_shape} and axis {axis}; got mask of shape "
+                         f"{tuple(arr.shape)}")
+    if is_cuda_array(mask):
+        return mask  # shape and dtype checked; the GPU call decides what it supports
+    if arr.all():
+        return None
+    a = math.prod(x_shape[:axis])
+    return np.ascontiguousarray(arr).reshape(a, math.prod(x_shape[axis + 1:]))
+
+
+def masked_count(mask2, x_shape, axis: int) -> int:
+    """The valid values per channel of a training call with ``mask2`` (from :func:`mask`);
+    ValueError when fewer than 2."""
+    valid = int(np.count_nonzero(mask2))
+    if valid < 2:
+        raise ValueError(
+            "expected more than 1 valid value per channel when training; got a mask with "
+            f"{valid} True position(s) for x of shape {tuple(x_shape)} and axis {axis}")
+    return valid

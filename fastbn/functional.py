@@ -23,6 +23,7 @@ import numpy as np
 from . import _checks
 from ._device import is_cuda_array
 from .cpu import _arrays as _cpu_arrays
+from .cpu import _masked as _cpu_masked
 from .cpu import batch_norm as _cpu_bn
 from .cpu import group_norm as _cpu_gn
 from .cpu import layer_norm as _cpu_ln
@@ -284,6 +285,7 @@ def batch_norm(
     out: Array | None = None,
     activation: str | None = None,
     residual: Array | None = None,
+    mask: Array | None = None,
 ) -> tuple[Array, Array, Array]:
     r"""Batch normalization over every axis of ``x`` but the channel axis.
 
@@ -316,6 +318,12 @@ def batch_norm(
         memory (the tutorial's Dense -> BN -> ReLU placement).
     residual : ndarray, optional
         Added before the activation (residual blocks); x's shape and dtype.
+    mask : ndarray of bool, optional
+        Padded sequences (Keras 3's ``mask=``): x's shape without the channel
+        axis, True at the positions that count.  In training the statistics and
+        the running update (unbiased with the valid count) use those positions
+        only, and y is computed at every position.  Inference ignores it.  All
+        True is the unmasked call.
 
     Returns
     -------
@@ -334,7 +342,8 @@ def batch_norm(
         ndim < 2, axis out of range, parameter or running-stat shapes that do not
         match ``C``, eps <= 0, momentum outside [0, 1], one value per channel in
         training, running statistics missing in inference or read-only in
-        training, ``out`` of the wrong shape/dtype or read-only.
+        training, ``out`` of the wrong shape/dtype or read-only, a ``mask`` of the
+        wrong shape or with fewer than 2 True positions in training.
 
     Notes
     -----
@@ -360,7 +369,7 @@ def batch_norm(
     True
     """
     if (_plain_x(x) and out is None and residual is None and activation is None
-            and _fast_eps(eps)):
+            and mask is None and _fast_eps(eps)):
         fast = _fast_batch_norm(x, weight, bias, running_mean, running_var, training, momentum,
                                 eps, axis)
         if fast is not None:
@@ -376,6 +385,8 @@ def batch_norm(
         raise ValueError(
             "expected more than 1 value per channel when training; "
             f"got x of shape {shape} with {c} channels along axis {axis}")
+    mask2 = _masked(mask, shape, ax, training, be)
+    valid = _checks.masked_count(mask2, shape, axis) if mask2 is not None else m
     out = _checks.output(out, shape, x.dtype, xp=xp)
     relu = _checks.activation(activation)
     res = None if residual is None else _checks.same_as_x(residual, x, "residual", xp)
@@ -395,11 +406,26 @@ def batch_norm(
                   for a in (rm, rv))
         be.batch_norm.inference(x3, rm, rv, eps, wk, bk, y3, mean, rstd, res3, relu)
         return _checks.deliver(xp, y3, out, shape, x.dtype), mean, rstd
-    mean, m2, rstd = be.batch_norm.forward_train(x3, wk, bk, eps, y3, res3, relu)
+    if mask2 is not None:
+        mean, m2, rstd = _cpu_masked.forward_train(x3, mask2, wk, bk, eps, y3, res3, relu)
+    else:
+        mean, m2, rstd = be.batch_norm.forward_train(x3, wk, bk, eps, y3, res3, relu)
     if rm is not None:
-        _update_running(rm, rv, mean, m2, m, momentum, be)
+        _update_running(rm, rv, mean, m2, valid, momentum, be)
     return (_checks.deliver(xp, y3, out, shape, x.dtype), xp.cast(mean, sdtype),
             xp.cast(rstd, sdtype))
+
+
+def _masked(mask, shape, ax, training, be):
+    """The validated mask as host bool (A, B), or None where it changes nothing
+    (absent, all True, or inference)."""
+    mask2 = _checks.mask(mask, shape, ax)
+    if mask2 is None or not training:
+        return None
+    if be is not _CPU or _checks.is_cuda_array(mask2):
+        raise TypeError("mask= is not supported on CUDA arrays yet: pass NumPy arrays for a "
+                        "masked training call")
+    return mask2
 
 
 def _update_running(running_mean, running_var, mean, m2, m, momentum, be=None):
@@ -427,6 +453,7 @@ def batch_norm_backward(
     activation: str | None = None,
     y: Array | None = None,
     dresidual: Array | None = None,
+    mask: Array | None = None,
 ) -> tuple[Array, Array, Array]:
     r"""Gradients of :func:`batch_norm` with respect to x, weight and bias.
 
@@ -455,6 +482,10 @@ def batch_norm_backward(
         mask), written in the same pass as ``dx``.  It may be ``dy`` itself or
         overlap any input: then it is written to a temporary first and copied
         once every input has been read.
+    mask : ndarray of bool, optional
+        The forward's ``mask``: in training the exact gradient of the masked
+        statistics (a padded position gets ``dy * weight * rstd``); ignored
+        when ``training=False``.
 
     Returns
     -------
@@ -479,7 +510,7 @@ def batch_norm_backward(
     One pass reads x and dy for both sums, a second writes dx (from cache
     when a channel fits).
     """
-    if _plain_x(x) and activation is None and y is None and dresidual is None:
+    if _plain_x(x) and activation is None and y is None and dresidual is None and mask is None:
         fast = _fast_batch_norm_backward(dy, x, mean, rstd, weight, training, axis)
         if fast is not None:
             return fast
@@ -494,6 +525,8 @@ def batch_norm_backward(
         raise ValueError("activation='relu' needs y, the forward's saved output, for the mask")
     y = None if y is None else _checks.same_as_x(y, x, "y", xp)
     dres = _checks.output(dresidual, shape, x.dtype, "dresidual", xp)
+    mask2 = _masked(mask, shape, ax, training, be)
+    valid = _checks.masked_count(mask2, shape, axis) if mask2 is not None else 0
     sdtype = _checks.stats_dtype(x.dtype)
     if x.size == 0:
         return (xp.full(shape, 0.0, x.dtype), xp.full(c, 0.0, sdtype),
@@ -507,9 +540,14 @@ def batch_norm_backward(
     # The kernels write dresidual before they read x: any overlap goes through a copy.
     dres3 = None if dres is None else _checks.result_buffer(xp, dres, x3, None, x, dy, y, mean,
                                                             rstd, w)
-    dweight, dbias = be.batch_norm.backward(
-        dy3, x3, xp.param(mean, c, None, cdtype), xp.param(rstd, c, None, cdtype),
-        xp.param(w, c, 1.0, cdtype), bool(training), dx3, y3, relu, dres3)
+    if mask2 is not None:
+        dweight, dbias = _cpu_masked.backward(
+            dy3, x3, mask2, valid, xp.param(mean, c, None, cdtype),
+            xp.param(rstd, c, None, cdtype), xp.param(w, c, 1.0, cdtype), dx3, y3, relu, dres3)
+    else:
+        dweight, dbias = be.batch_norm.backward(
+            dy3, x3, xp.param(mean, c, None, cdtype), xp.param(rstd, c, None, cdtype),
+            xp.param(w, c, 1.0, cdtype), bool(training), dx3, y3, relu, dres3)
     if dres is not None:
         _checks.deliver(xp, dres3, dres, shape, x.dtype)
     return (xp.cast(dx3.reshape(shape), x.dtype), xp.cast(dweight, sdtype),

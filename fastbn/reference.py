@@ -41,6 +41,9 @@ __all__ = [
     "update_running_stats",
     "batch_norm_backward_train",
     "batch_norm_backward_frozen",
+    "batch_norm_train_masked",
+    "update_running_stats_masked",
+    "batch_norm_backward_train_masked",
     "moments",
     "layer_norm",
     "layer_norm_backward",
@@ -173,6 +176,77 @@ def batch_norm_backward_frozen(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, rst
     w, _ = _affine(weight, None, xc.shape[0])
     xhat = (xc - mean) * rstd
     return _like(dyc * w * rstd, x, axis), (dyc * xhat).sum(axis=1), dyc.sum(axis=1)
+
+
+def _valid(mask):
+    """The mask as a (1, m) bool row matching :func:`_per_channel`'s columns."""
+    return np.asarray(mask, dtype=bool).reshape(1, -1)
+
+
+def batch_norm_train_masked(x: ArrayLike, mask: ArrayLike, weight: ArrayLike | None = None,
+                            bias: ArrayLike | None = None, eps: float = 1e-5,
+                            axis: int = 1) -> _Triple:
+    r"""Masked training batch norm (Keras 3's ``mask=``).
+
+    ``mask`` has x's shape without ``axis``; the mean and biased variance use the
+    True positions only, ``y`` is computed at every position with them.
+    """
+    xc = _per_channel(x, axis)
+    v = _valid(mask)
+    mv = int(v.sum())
+    mean = np.where(v, xc, 0.0).sum(axis=1) / mv
+    var = np.where(v, (xc - mean[:, None]) ** 2, 0.0).sum(axis=1) / mv
+    rstd = 1.0 / np.sqrt(var + eps)
+    w, b = _affine(weight, bias, xc.shape[0])
+    y = (xc - mean[:, None]) * rstd[:, None] * w + b
+    return _like(y, x, axis), mean, rstd
+
+
+def update_running_stats_masked(running_mean: ArrayLike, running_var: ArrayLike, x: ArrayLike,
+                                mask: ArrayLike, momentum: float = 0.1,
+                                axis: int = 1) -> _Pair:
+    r""":func:`update_running_stats` with the valid positions' mean and unbiased
+    variance (``m2 / (mv - 1)``, ``mv`` the number of True positions)."""
+    xc = _per_channel(x, axis)
+    v = _valid(mask)
+    mv = int(v.sum())
+    mean = np.where(v, xc, 0.0).sum(axis=1) / mv
+    m2 = np.where(v, (xc - mean[:, None]) ** 2, 0.0).sum(axis=1)
+    rm = np.asarray(running_mean, dtype=np.float64)
+    rv = np.asarray(running_var, dtype=np.float64)
+    return (1 - momentum) * rm + momentum * mean, (1 - momentum) * rv + momentum * m2 / (mv - 1)
+
+
+def batch_norm_backward_train_masked(dy: ArrayLike, x: ArrayLike, mask: ArrayLike,
+                                     mean: ArrayLike, rstd: ArrayLike,
+                                     weight: ArrayLike | None = None, axis: int = 1) -> _Triple:
+    r"""The exact gradient of :func:`batch_norm_train_masked`.
+
+    Every position's ``y`` depends on the statistics, so the sums run over every
+    position; only the valid positions (``v = 1``) feed the statistics:
+
+    .. code-block:: text
+
+        c1 = sum(dy_hat * xhat) / mv      (all positions; mv = valid count)
+        c2 = sum(dy_hat) / mv
+        dx = (dy_hat - v * (xhat * c1 + c2)) * rstd
+
+    A padded position gets ``dy * weight * rstd``; dweight and dbias sum every
+    position's ``dy``.
+    """
+    dyc = _per_channel(dy, axis)
+    xc = _per_channel(x, axis)
+    v = _valid(mask)
+    mv = int(v.sum())
+    mean = np.asarray(mean, dtype=np.float64)[:, None]
+    rstd = np.asarray(rstd, dtype=np.float64)[:, None]
+    w, _ = _affine(weight, None, xc.shape[0])
+    xhat = (xc - mean) * rstd
+    dy_hat = dyc * w
+    c1 = (dy_hat * xhat).sum(axis=1, keepdims=True) / mv
+    c2 = dy_hat.sum(axis=1, keepdims=True) / mv
+    dx = (dy_hat - v * (xhat * c1 + c2)) * rstd
+    return _like(dx, x, axis), (dyc * xhat).sum(axis=1), dyc.sum(axis=1)
 
 
 # --- layer norm and RMS norm: one row per leading index, D = prod(normalized_shape)
