@@ -142,7 +142,8 @@ def test_example_scripts_run(script, tmp_path, monkeypatch):
 DOCTEST_MODULES = [
     "fastbn.functional", "fastbn.reference", "fastbn.formula", "fastbn.distributed",
     "fastbn.dask", "fastbn.nn.norm", "fastbn.nn.layers", "fastbn.nn.sequential",
-    "fastbn.nn.losses", "fastbn.nn.optim", "fastbn.nn._module",
+    "fastbn.nn.losses", "fastbn.nn.optim", "fastbn.nn._module", "fastbn.nn.inference",
+    "fastbn.nn.training",
 ]
 
 

@@ -9,14 +9,18 @@ Every layer follows one protocol (API.md "Layers"): ``forward(x)`` /
   batch norm, batch renormalization, the fused ReLU and Keras interop),
   ``LayerNorm``, ``RMSNorm``, ``GroupNorm``, ``InstanceNorm``, and
   ``recompute_statistics`` (precise BN).
+- Inference and fine-tuning (:mod:`fastbn.nn.inference`):
+  ``fold_batch_norm``, ``FrozenBatchNorm``, ``freeze_batch_norm``.
 - The toolkit, just enough for the tutorial's experiments and small networks:
   ``Dense``, ``Conv1d``, ``Conv2d``, ``ReLU``, ``Sigmoid``, ``Tanh``,
   ``Dropout``, ``MaxPool2d``, ``GlobalAvgPool2d``, ``Flatten``,
-  ``Sequential`` (with a Keras-style
-  ``summary()``), ``SoftmaxCrossEntropy``, ``SGD`` and ``Adam``.
+  ``Sequential`` (with a Keras-style ``summary()`` and ``compile``/``fit``/
+  ``evaluate``/``predict``, whose ``fit`` returns a ``History``),
+  ``SoftmaxCrossEntropy``, ``SGD`` and ``Adam``.
 """
 
 from ._module import Module
+from .inference import FrozenBatchNorm, fold_batch_norm, freeze_batch_norm
 from .layers import (
     Conv1d,
     Conv2d,
@@ -43,6 +47,7 @@ from .norm import (
 )
 from .optim import SGD, Adam
 from .sequential import Sequential
+from .training import History
 
 __all__ = [
     "Module",
@@ -55,6 +60,9 @@ __all__ = [
     "from_keras",
     "to_keras",
     "recompute_statistics",
+    "fold_batch_norm",
+    "FrozenBatchNorm",
+    "freeze_batch_norm",
     "Dense",
     "Conv1d",
     "Conv2d",
@@ -70,4 +78,5 @@ __all__ = [
     "accuracy",
     "SGD",
     "Adam",
+    "History",
 ]

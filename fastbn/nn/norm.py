@@ -223,16 +223,80 @@ class BatchNorm(Module):
             s += f", renorm=True, rmax={self.rmax}, dmax={self.dmax}"
         return s
 
+    # -- running statistics and parameters ----------------------------------
+    def reset_running_stats(self) -> None:
+        """Running mean 0, running variance 1 and ``num_batches_tracked`` 0, in place
+        (``torch.nn.BatchNorm*d.reset_running_stats``); nothing without running
+        statistics.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastbn.nn import BatchNorm
+        >>> bn = BatchNorm(3)
+        >>> _ = bn(np.arange(12, dtype=np.float32).reshape(4, 3))
+        >>> bn.reset_running_stats()
+        >>> bn.buffers["running_mean"].tolist(), int(bn.buffers["num_batches_tracked"])
+        ([0.0, 0.0, 0.0], 0)
+        """
+        if self.track_running_stats:
+            self.buffers["running_mean"][...] = 0
+            self.buffers["running_var"][...] = 1
+            self.buffers["num_batches_tracked"][...] = 0
+
+    def reset_parameters(self) -> None:
+        """:meth:`reset_running_stats`, then weight 1 and bias 0, in place (torch's
+        ``reset_parameters``)."""
+        self.reset_running_stats()
+        _reset_affine(self)
+
     # -- forward -----------------------------------------------------------
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """Normalize ``x``; in training with batch statistics, in eval with the running ones.
+
+        Parameters
+        ----------
+        x : ndarray
+            ``(N, C, *spatial)`` for ``axis=1``, channels-last for ``axis=-1``.
+        mask : bool ndarray, optional
+            Masked batch norm for padded sequences (Keras 3's ``mask=``): x's
+            shape without the channel axis, True where a position counts.  In
+            training the statistics and the running update use the True
+            positions only, ``y`` is computed everywhere, and :meth:`backward`
+            is the exact gradient of that.  Eval ignores it (after checking
+            it).  See :func:`fastbn.batch_norm`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastbn.nn import BatchNorm
+        >>> x = np.random.default_rng(0).normal(size=(4, 3, 10)).astype(np.float32)
+        >>> mask = np.ones((4, 10), bool)
+        >>> mask[:, 7:] = False                 # the last 3 steps are padding
+        >>> bn = BatchNorm(3)
+        >>> y = bn(x, mask=mask)
+        >>> dx = bn.backward(np.ones_like(y))
+        >>> y.shape, dx.shape
+        ((4, 3, 10), (4, 3, 10))
+        """
         x = _channels_of(self, x, self.num_features, self.axis)
         weight = self.params.get("weight")
         bias = self.params.get("bias")
+        if mask is not None:
+            _checks.mask(mask, x.shape, self.axis % x.ndim)  # before anything changes
+            mask = np.asarray(mask) if not _checks.is_cuda_array(mask) else mask
+            if self.renorm and self.training:
+                raise ValueError("mask= is not supported with renorm=True (batch "
+                                 "renormalization's r and d come from unmasked moments)")
+            if self.axis % x.ndim == 0 and self.virtual_batch_size and self.training:
+                raise ValueError("mask= with virtual_batch_size needs the batch axis 0 apart "
+                                 "from the channel axis")
         if not self.training and self.track_running_stats:
             y, mean, rstd = F.batch_norm(
                 x, weight, bias, self.buffers["running_mean"], self.buffers["running_var"],
-                training=False, eps=self.eps, axis=self.axis, activation=self.activation)
-            self._saved = (x, y, False, [(slice(None), mean, rstd, weight, None)])
+                training=False, eps=self.eps, axis=self.axis, activation=self.activation,
+                mask=mask)
+            self._saved = (x, y, False, [(slice(None), mean, rstd, weight, None, None)])
             return y
 
         bounds = self._sub_batches(x)
@@ -240,7 +304,7 @@ class BatchNorm(Module):
         ax = self.axis % x.ndim
         per_channel = math.prod(x.shape) // max(x.shape[ax], 1)
         smallest = min(b - a for a, b in bounds) * per_channel // max(x.shape[0], 1)
-        if smallest <= 1:
+        if smallest <= 1 and mask is None:
             raise ValueError(
                 "expected more than 1 value per channel when training; "
                 f"got x of shape {x.shape} with {x.shape[ax]} channels along axis {self.axis}"
@@ -252,7 +316,8 @@ class BatchNorm(Module):
         try:
             for a, b in bounds:
                 rows = slice(a, b)
-                chunks.append((rows, *self._train_chunk(x[rows], y[rows], update)))
+                sub = None if mask is None else mask[rows]
+                chunks.append((rows, *self._train_chunk(x[rows], y[rows], update, sub), sub))
         except BaseException:
             for k, v in before.items():
                 self.buffers[k][...] = v
@@ -273,7 +338,7 @@ class BatchNorm(Module):
             return self.momentum
         return 1.0 / float(self.buffers["num_batches_tracked"] + 1)
 
-    def _train_chunk(self, x, y, update: bool):
+    def _train_chunk(self, x, y, update: bool, mask=None):
         """Normalize one (sub-)batch with its own statistics into ``y``; returns
         what the backward pass needs: ``(mean, rstd, weight_used, (r, d))``."""
         weight = self.params.get("weight")
@@ -283,7 +348,8 @@ class BatchNorm(Module):
         if not (self.renorm and update):
             _, mean, rstd = F.batch_norm(x, weight, bias, rm, rv, training=True,
                                          momentum=self._momentum(), eps=self.eps,
-                                         axis=self.axis, out=y, activation=self.activation)
+                                         axis=self.axis, out=y, activation=self.activation,
+                                         mask=mask)
             if update:
                 self.buffers["num_batches_tracked"] += 1
             return mean, rstd, weight, None
@@ -318,10 +384,11 @@ class BatchNorm(Module):
         dx = np.empty_like(x)
         dweight = np.zeros(self.num_features)
         dbias = np.zeros(self.num_features)
-        for rows, mean, rstd, weight, renorm in chunks:
+        for rows, mean, rstd, weight, renorm, mask in chunks:
             dx[rows], dw, db = F.batch_norm_backward(
                 dy[rows], x[rows], mean, rstd, weight, training=batch_stats, axis=self.axis,
-                activation=self.activation, y=y[rows] if self.activation else None)
+                activation=self.activation, y=y[rows] if self.activation else None,
+                mask=mask if batch_stats else None)
             if renorm is not None:  # y = weight * (r * xhat + d) + bias, r and d constant
                 r, d = renorm
                 dw = r * dw + d * db
@@ -483,13 +550,17 @@ class _TrailingNorm(Module):
     def __init__(self, normalized_shape, eps, elementwise_affine, dtype, names) -> None:
         super().__init__()
         self.normalized_shape = _shape(normalized_shape)
+        self.dtype = np.dtype(dtype)
         self.eps = _checks.positive_eps(eps)
         self.elementwise_affine = bool(elementwise_affine)
-        self.dtype = np.dtype(dtype)
         if self.elementwise_affine:  # weight starts at 1, bias at 0
             for name, fill in zip(names, (1.0, 0.0), strict=False):
                 self._add_param(name, np.full(self.normalized_shape, fill, self.dtype))
         self._saved: tuple[Any, ...] | None = None
+
+    def reset_parameters(self) -> None:
+        """Weight 1 and bias 0, in place (torch's ``reset_parameters``)."""
+        _reset_affine(self)
 
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}"
@@ -504,11 +575,29 @@ class LayerNorm(_TrailingNorm):
     (biased) over the trailing dims of each sample; ``weight``, ``bias`` have
     ``normalized_shape`` (elementwise affine).  The same in training and eval:
     no running statistics.  ``LayerNorm(768).num_params() == (1536, 0)``.
+
+    ``bias=False`` (PyTorch 2.1's option) drops the bias: ``y = (x - mean) /
+    sqrt(var + eps) * weight``, ``params`` and the state dict hold ``weight``
+    only, and ``LayerNorm(768, bias=False).num_params() == (768, 0)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.nn import LayerNorm
+    >>> ln = LayerNorm(8, bias=False)
+    >>> sorted(ln.state_dict()), ln.num_params()
+    (['weight'], (8, 0))
     """
 
     def __init__(self, normalized_shape: int | Sequence[int], *, eps: float = 1e-5,
-                 elementwise_affine: bool = True, dtype: DTypeLike = np.float32) -> None:
-        super().__init__(normalized_shape, eps, elementwise_affine, dtype, ("weight", "bias"))
+                 elementwise_affine: bool = True, bias: bool = True,
+                 dtype: DTypeLike = np.float32) -> None:
+        self.bias = bool(bias)
+        names = ("weight", "bias") if self.bias else ("weight",)
+        super().__init__(normalized_shape, eps, elementwise_affine, dtype, names)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.bias else ", bias=False")
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         y, mean, rstd = F.layer_norm(x, self.normalized_shape, self.params.get("weight"),
@@ -529,12 +618,23 @@ class RMSNorm(_TrailingNorm):
     r"""RMS normalization over the trailing ``normalized_shape`` dims
     (``torch.nn.RMSNorm``): ``y = x / sqrt(mean(x**2) + eps) * weight``.
 
-    Note the default ``eps=1e-6`` (torch's default ``eps=None`` means the
-    dtype's machine epsilon; pass it explicitly when matching torch).
+    ``eps=None`` is torch's default: the machine epsilon of the layer's dtype
+    (``np.finfo(dtype).eps``: 1.19e-07 in float32, 2.2e-16 in float64).
+    The default here stays ``eps=1e-6``; pass ``eps=None`` to match
+    ``torch.nn.RMSNorm(d)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.nn import RMSNorm
+    >>> RMSNorm(8, eps=None).eps == float(np.finfo(np.float32).eps)
+    True
     """
 
-    def __init__(self, normalized_shape: int | Sequence[int], *, eps: float = 1e-6,
+    def __init__(self, normalized_shape: int | Sequence[int], *, eps: float | None = 1e-6,
                  elementwise_affine: bool = True, dtype: DTypeLike = np.float32) -> None:
+        if eps is None:
+            eps = float(np.finfo(np.dtype(dtype)).eps)
         super().__init__(normalized_shape, eps, elementwise_affine, dtype, ("weight",))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -577,6 +677,10 @@ class GroupNorm(Module):
     def extra_repr(self) -> str:
         return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, axis={self.axis}"
                 + ("" if self.affine else ", affine=False"))
+
+    def reset_parameters(self) -> None:
+        """Weight 1 and bias 0, in place (torch's ``reset_parameters``)."""
+        _reset_affine(self)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = _channels_of(self, x, self.num_channels, self.axis)
@@ -647,20 +751,23 @@ class SyncBatchNorm(BatchNorm):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", ranks={self.comm.Get_size()}"
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """As :meth:`BatchNorm.forward`; in training with a ``mask``, the statistics are
+        those of the valid positions of every rank's slice (the global valid count)."""
         if not self.training:
-            return super().forward(x)
+            return super().forward(x, mask)
         from .. import distributed
 
         # validated inside, on every rank alike: a local error raised here would leave
         # the other ranks waiting in the statistics' collective
         weight = self.params.get("weight")
+        extra = {} if mask is None else {"mask": mask}
         y, mean, rstd = distributed.sync_batch_norm(
             x, weight, self.params.get("bias"), self.buffers["running_mean"],
             self.buffers["running_var"], comm=self.comm, momentum=self._momentum(),
-            eps=self.eps, axis=self.axis)
+            eps=self.eps, axis=self.axis, **extra)
         self.buffers["num_batches_tracked"] += 1
-        self._saved = (x, mean, rstd, weight)
+        self._saved = (x, mean, rstd, weight, mask)
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
@@ -668,14 +775,22 @@ class SyncBatchNorm(BatchNorm):
             return super().backward(dy)
         from .. import distributed
 
-        if self._saved is None or len(self._saved) != 4:
+        if self._saved is None or len(self._saved) != 5:
             raise RuntimeError(f"{self!r}: backward() called before a training forward()")
-        x, mean, rstd, weight = self._saved
+        x, mean, rstd, weight, mask = self._saved
+        extra = {} if mask is None else {"mask": mask}
         dx, dweight, dbias = distributed.sync_batch_norm_backward(
-            dy, x, mean, rstd, weight, comm=self.comm, axis=self.axis)
+            dy, x, mean, rstd, weight, comm=self.comm, axis=self.axis, **extra)
         _store(self.grads, "weight", dweight)
         _store(self.grads, "bias", dbias)
         return dx
+
+
+def _reset_affine(layer: Module) -> None:
+    """Weight 1 and bias 0 in place, where the layer has them."""
+    for name, fill in (("weight", 1.0), ("bias", 0.0)):
+        if name in layer.params:
+            layer.params[name][...] = fill
 
 
 def _saved(layer):
