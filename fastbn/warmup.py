@@ -63,6 +63,10 @@ def _exercise(dtype) -> None:
         for training in (True, False):
             F.batch_norm_backward(x, x, mean, rstd, training=training, axis=axis)
         F.moments(x, axis=axis)
+        mask = np.ones(shape[:axis % 4] + shape[axis % 4 + 1:], bool)
+        mask.reshape(-1)[-1] = False  # a masked call (all True is the unmasked one)
+        _, mm, mr = F.batch_norm(x, running_mean=rm, running_var=rv, axis=axis, mask=mask)
+        F.batch_norm_backward(x, x, mm, mr, axis=axis, mask=mask)
         for groups in (1, c):
             _, gm, gr = F.group_norm(x, groups, axis=axis)
             F.group_norm_backward(x, x, groups, gm, gr, axis=axis)

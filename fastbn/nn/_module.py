@@ -8,10 +8,22 @@ name and nothing else.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
+from typing import IO, Union
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+PathLike = Union[str, "os.PathLike[str]", IO[bytes]]
+
+
+def _npz_path(path: PathLike) -> PathLike:
+    """``path`` with ``.npz`` appended to a file name without it, as ``np.savez`` does."""
+    if isinstance(path, (str, os.PathLike)):
+        name = os.fspath(path)
+        return name if name.endswith(".npz") else name + ".npz"
+    return path
 
 
 class Module:
@@ -38,8 +50,9 @@ class Module:
         gradients are written into ``self.grads``."""
         raise NotImplementedError
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.forward(x)
+    def __call__(self, x: np.ndarray, **kwargs) -> np.ndarray:
+        """``layer(x)`` is ``layer.forward(x)``; keywords go to ``forward`` (``mask=``)."""
+        return self.forward(x, **kwargs)
 
     def _add_param(self, name: str, value: np.ndarray) -> np.ndarray:
         self.params[name] = value
@@ -110,6 +123,72 @@ class Module:
             staged[key] = value
         for key, value in staged.items():
             own[key][...] = value
+
+    # -- weights on disk ---------------------------------------------------
+    def save_weights(self, path: PathLike) -> None:
+        """Write :meth:`state_dict` to an ``.npz`` file (``np.savez``), one array per key.
+
+        Parameters
+        ----------
+        path : str, path or binary file
+            ``.npz`` is appended to a file name without it (as ``np.savez``
+            does).  The keys are :meth:`state_dict`'s (``"0.weight"``,
+            ``"1.running_mean"`` in a ``Sequential``), so ``np.load(path)``
+            reads them back by name.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> from fastbn.nn import BatchNorm, Dense, Sequential
+        >>> model = Sequential(Dense(4, 3, rng=0), BatchNorm(3))
+        >>> path = os.path.join(tempfile.mkdtemp(), "weights.npz")
+        >>> model.save_weights(path)
+        >>> clone = Sequential(Dense(4, 3, rng=1), BatchNorm(3))
+        >>> clone.load_weights(path)
+        >>> bool((clone[0].params["weight"] == model[0].params["weight"]).all())
+        True
+        """
+        np.savez(_npz_path(path), **self.state_dict())
+
+    def load_weights(self, path: PathLike) -> None:
+        """Read an ``.npz`` file of :meth:`state_dict` arrays into the layer, all or nothing.
+
+        Parameters
+        ----------
+        path : str, path or binary file
+            As for :meth:`save_weights` (``.npz`` is appended to a name
+            without it).  Any ``.npz`` with the right keys loads, e.g. one
+            written by ``np.savez(path, **{k: v.numpy() for k, v in
+            torch_model.state_dict().items()})`` for a torch model with the
+            same layers.
+
+        Raises
+        ------
+        ValueError
+            For a missing or an extra key (the message lists them), or an
+            array of the wrong shape (the message names the key and both
+            shapes).  Nothing is written then: the layer is unchanged.
+        TypeError
+            For a non-integer array where the layer keeps integers
+            (``num_batches_tracked``).
+
+        Notes
+        -----
+        Values are cast to the dtypes of the layer's arrays, as
+        :meth:`load_state_dict` does (a float64 file loads into a float32
+        model), and copied into them in place, so an optimizer built on the
+        model keeps updating the loaded arrays.
+        """
+        with np.load(_npz_path(path), allow_pickle=False) as data:
+            state = {key: data[key] for key in data.files}
+        own = self.named_state()
+        missing = sorted(set(own) - set(state))
+        extra = sorted(set(state) - set(own))
+        if missing or extra:
+            raise ValueError(f"{type(self).__name__}.load_weights: the file's keys do not match "
+                             f"the model's state_dict(): missing keys {missing}, unexpected "
+                             f"keys {extra}")
+        self.load_state_dict(state)
 
     def extra_repr(self) -> str:
         return ""
