@@ -28,6 +28,12 @@ What crosses the network, per call, on every rank:
   them (with the other parameters' gradients) gives the global gradient, as
   with PyTorch's ``SyncBatchNorm``.
 
+* **Masks** (padded sequences, ``mask=``): each rank counts its valid
+  positions, the agreement's counts are those, and the moments merged are
+  those of the valid positions; the backward's sums run over every position
+  and one more ``Allgather`` of 1 integer per rank gives the global valid
+  count.  Host arrays only.
+
 x never leaves its rank.  Ranks with an empty slice (``N = 0``) join every
 collective and contribute count 0.  Device arrays work through the same
 calls: the kernels run on the device and only the per-channel statistics
@@ -86,9 +92,14 @@ def _check_comm(comm: object) -> None:
         raise TypeError(f"comm must be an mpi4py communicator; got {type(comm).__name__}")
 
 
-def _global_moments(comm: MPI.Comm, x: Array, axis: int, counts: np.ndarray) -> Moments:
-    """The global ``(count, mean, m2)``, float64 host arrays, identical on all ranks."""
-    local_count, mean, m2 = F.moments(x, axis=axis)
+def _global_moments(comm: MPI.Comm, x: Array, axis: int, counts: np.ndarray,
+                    mask: Array | None = None) -> Moments:
+    """The global ``(count, mean, m2)``, float64 host arrays, identical on all ranks
+    (of the valid positions with a ``mask``)."""
+    if mask is None:
+        _, mean, m2 = F.moments(x, axis=axis)
+    else:
+        _, mean, m2 = F._masked_moments(x, mask, axis)
     xp = F._backend(x).arrays
     mine = np.stack([xp.to_host(mean), xp.to_host(m2)])  # 2C values
     gathered = np.empty((comm.Get_size(), *mine.shape))
@@ -118,21 +129,33 @@ def moments(x: Array, *, comm: MPI.Comm, axis: int = 1) -> Moments:
 def sync_batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
                     running_mean: Array | None = None, running_var: Array | None = None, *,
                     comm: MPI.Comm, training: bool = True, momentum: float = 0.1,
-                    eps: float = 1e-5, axis: int = 1) -> tuple[Array, Array, Array]:
+                    eps: float = 1e-5, axis: int = 1,
+                    mask: Array | None = None) -> tuple[Array, Array, Array]:
     """:func:`fastbn.batch_norm` with the statistics of the global batch over ``comm``.
 
     Returns ``(y, mean, rstd)``: y is this rank's slice; mean and rstd (the global
     batch's, as :func:`fastbn.batch_norm` returns them) are the same on all ranks.
     Running statistics (both or neither) are updated in place with the global
     mean and the unbiased variance of the global count, identically on all ranks.
+
+    ``mask`` (host arrays, as :func:`fastbn.batch_norm`'s): each rank's mask of its
+    own slice.  The statistics are those of the valid positions of the global
+    batch, the running update uses the global valid count, and fewer than 2 valid
+    values over all ranks is a ValueError on every rank; a rank may have none.
     """
     _check_comm(comm)
     if not training:  # the running statistics: the same on every rank, nothing to share
         return F.batch_norm(x, weight, bias, running_mean, running_var, training=False,
-                            eps=eps, axis=axis)
+                            eps=eps, axis=axis, mask=mask)
     error, c, count = None, -1, 0
+    masked = mask is not None
     try:
-        be, xv, shape, _, c, count = F._channel_input(x, axis)
+        be, xv, shape, ax, c, count = F._channel_input(x, axis)
+        if masked:
+            if _checks.mask(mask, shape, ax) is None:
+                masked = False  # all True: the unmasked call
+            else:
+                count = int(np.count_nonzero(np.asarray(mask)))
         xp = be.arrays
         for name, a in (("weight", weight), ("bias", bias)):
             _checks.channel_vector(a, name, c, shape, xp)
@@ -146,10 +169,11 @@ def sync_batch_norm(x: Array, weight: Array | None = None, bias: Array | None = 
     counts = _agree(comm, error, c, count)
     total = int(counts.sum())
     if total <= 1:
-        raise ValueError("expected more than 1 value per channel when training; got "
+        kind = "value" if mask is None else "valid value"
+        raise ValueError(f"expected more than 1 {kind} per channel when training; got "
                          f"{total} over all {comm.Get_size()} ranks (per rank: "
                          f"{counts.tolist()})")
-    total, mean, m2 = _global_moments(comm, x, axis, counts)
+    total, mean, m2 = _global_moments(comm, x, axis, counts, mask if masked else None)
     # the elementwise pass with the global statistics: batch norm's inference path
     # computes rstd = 1 / sqrt(var + eps) from var = m2 / total, the training formula
     d_mean, d_var = xp.from_host(mean), xp.from_host(m2 / total)
@@ -163,15 +187,19 @@ def sync_batch_norm(x: Array, weight: Array | None = None, bias: Array | None = 
 
 def sync_batch_norm_backward(dy: Array, x: Array, mean: Array, rstd: Array,
                              weight: Array | None = None, *, comm: MPI.Comm,
-                             axis: int = 1) -> tuple[Array, Array, Array]:
+                             axis: int = 1,
+                             mask: Array | None = None) -> tuple[Array, Array, Array]:
     """:func:`fastbn.batch_norm_backward` for :func:`sync_batch_norm` (training).
 
     Returns ``(dx, dweight, dbias)``: dx is this rank's slice of the global
     gradient; dweight and dbias are this rank's contributions (sum them over the
-    ranks for the global gradient).
+    ranks for the global gradient).  ``mask``: the forward's, this rank's slice;
+    the gradient of the masked statistics with the global valid count.
     """
     _check_comm(comm)
     error, c, count = None, -1, 0
+    masked = mask is not None
+    valid = 0
     try:
         be, xv, shape, ax, c, count = F._channel_input(x, axis)
         xp = be.arrays
@@ -179,10 +207,28 @@ def sync_batch_norm_backward(dy: Array, x: Array, mean: Array, rstd: Array,
         mean = _checks.stat_vector(mean, "mean", (c,), shape, xp)
         rstd = _checks.stat_vector(rstd, "rstd", (c,), shape, xp)
         weight = _checks.channel_vector(weight, "weight", c, shape, xp)
+        if masked:  # even when all True here: every rank must make the same collectives
+            _checks.mask(mask, shape, ax)
+            valid = int(np.count_nonzero(np.asarray(mask)))
     except (TypeError, ValueError) as exc:
         error = exc
     counts = _agree(comm, error, c, count)
     total = int(counts.sum())
+    if masked:
+        valids = np.empty(comm.Get_size(), np.int64)
+        comm.Allgather(np.array([valid], np.int64), valids)
+        mv = int(valids.sum())
+        if mv <= 1:
+            raise ValueError("expected more than 1 valid value per channel when training; "
+                             f"got {mv} over all {comm.Get_size()} ranks (per rank: "
+                             f"{valids.tolist()})")
+
+        def comm_sums(local):
+            summed = np.empty_like(local)
+            comm.Allreduce(local, summed)
+            return summed, mv
+
+        return F._masked_backward(dyv, xv, mask, mean, rstd, weight, axis, comm_sums)
     sdtype = _checks.stats_dtype(xv.dtype)
     cdtype = _checks.compute_dtype(xv.dtype)
     rstd64 = xp.to_host(xp.cast(rstd, np.float64))

@@ -428,6 +428,47 @@ def _masked(mask, shape, ax, training, be):
     return mask2
 
 
+def _masked_moments(x, mask, axis: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """The local ``(count, mean, m2)`` (float64) of a masked call's valid positions, for
+    synchronized batch norm; ``mask`` checked by :func:`_checks.mask` (host arrays)."""
+    be, xv, shape, ax, c, _ = _channel_input(x, axis)
+    if be is not _CPU or _checks.is_cuda_array(mask):
+        raise TypeError("mask= is not supported on CUDA arrays in synchronized batch norm: "
+                        "pass NumPy arrays")
+    valid = np.moveaxis(np.asarray(xv), ax, -1)[np.asarray(mask, dtype=bool)]  # (mv, C)
+    return moments(valid, axis=1)
+
+
+def _masked_backward(dy, x, mask, mean, rstd, weight, axis: int, comm_sums):
+    """Synchronized masked backward on the host: ``comm_sums(local) -> (global, mv)``
+    all-reduces the (2, C) float64 sums and returns the global valid count; returns
+    ``(dx, dweight, dbias)`` (this rank's share of dweight and dbias)."""
+    be, xv, shape, ax, c, count = _channel_input(x, axis)
+    xp = be.arrays
+    cdtype = _checks.compute_dtype(xv.dtype)
+    sdtype = _checks.stats_dtype(xv.dtype)
+    mask2 = np.ascontiguousarray(np.asarray(mask, dtype=bool)).reshape(
+        math.prod(shape[:ax]), math.prod(shape[ax + 1:]))
+    if count:
+        x3 = _checks.as_3d(xv, ax, xp)
+        dy3 = _checks.as_3d(dy, ax, xp)
+        mean_k = xp.param(mean, c, None, cdtype)
+        sdy, sdxc = be.batch_norm.grad_sums(dy3, x3, mean_k)
+        local = np.stack([sdy, sdxc]).astype(np.float64)
+    else:
+        local = np.zeros((2, c))
+    summed, valid = comm_sums(local)
+    rstd64 = np.asarray(rstd, np.float64)
+    dweight = (local[1] * rstd64).astype(sdtype)
+    dbias = local[0].astype(sdtype)
+    if not count:
+        return np.zeros(shape, xv.dtype), dweight, dbias
+    dx3 = np.empty(x3.shape, x3.dtype)
+    _cpu_masked.backward_apply(dy3, x3, mask2, valid, mean_k, xp.param(rstd, c, None, cdtype),
+                               xp.param(weight, c, 1.0, cdtype), summed[0], summed[1], dx3)
+    return dx3.reshape(shape).astype(xv.dtype, copy=False), dweight, dbias
+
+
 def _update_running(running_mean, running_var, mean, m2, m, momentum, be=None):
     """In place, PyTorch's rule with the unbiased variance, on the statistics' device.
 

@@ -101,6 +101,60 @@ def case(shape, axis, dtype, sizes, seed):
     return max(errors)
 
 
+def masked_case(shape, axis, dtype, sizes, seed):
+    """Masked sync batch norm on the slices == the masked call on the whole batch; one
+    rank's mask may be all False."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(3.0, 2.0, shape).astype(dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    c = shape[axis]
+    ax = axis % len(shape)
+    mask = rng.random(shape[:ax] + shape[ax + 1:]) < 0.7
+    if sizes[0]:
+        mask[:sizes[0]] = False  # rank 0 holds padding only
+    w, b = rng.normal(1, 0.1, c).astype(dtype), rng.normal(0, 0.1, c).astype(dtype)
+    rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+    want_y, want_mean, want_rstd = fastbn.batch_norm(x, w, b, rm, rv, axis=axis, mask=mask)
+    want_dx, want_dw, want_db = fastbn.batch_norm_backward(dy, x, want_mean, want_rstd, w,
+                                                           axis=axis, mask=mask)
+    lrm, lrv = np.zeros(c, dtype), np.ones(c, dtype)
+    y, mean, rstd = D.sync_batch_norm(mine(x, sizes), w, b, lrm, lrv, comm=COMM, axis=axis,
+                                      mask=mine(mask, sizes))
+    errors = [close("masked y", y, mine(want_y, sizes), dtype),
+              close("masked mean", mean, want_mean, dtype),
+              close("masked rstd", rstd, want_rstd, dtype),
+              close("masked running_mean", lrm, rm, dtype),
+              close("masked running_var", lrv, rv, dtype)]
+    dx, dw, db = D.sync_batch_norm_backward(mine(dy, sizes), mine(x, sizes), mean, rstd, w,
+                                            comm=COMM, axis=axis, mask=mine(mask, sizes))
+    total_dw, total_db = np.empty(c), np.empty(c)
+    COMM.Allreduce(np.asarray(dw, np.float64), total_dw)
+    COMM.Allreduce(np.asarray(db, np.float64), total_db)
+    errors += [close("masked dx", dx, mine(want_dx, sizes), dtype),
+               close("masked dweight (summed)", total_dw, want_dw, dtype),
+               close("masked dbias (summed)", total_db, want_db, dtype)]
+    # the layer
+    full = BatchNorm(c, axis=axis, dtype=dtype)
+    sync = SyncBatchNorm(c, axis=axis, comm=COMM, dtype=dtype)
+    close("masked layer y", sync(mine(x, sizes), mask=mine(mask, sizes)),
+          mine(full(x, mask=mask), sizes), dtype)
+    close("masked layer dx", sync.backward(mine(dy, sizes)), mine(full.backward(dy), sizes),
+          dtype)
+    close("masked layer running_var", sync.buffers["running_var"], full.buffers["running_var"],
+          dtype)
+    # fewer than 2 valid values over all ranks: the same error everywhere, nothing changed
+    few = np.zeros_like(mine(mask, sizes))
+    if RANK == SIZE - 1 and few.size:
+        few.reshape(-1)[0] = True
+    before = lrm.copy(), lrv.copy()
+    expect_raise_everywhere(ValueError,
+                            lambda: D.sync_batch_norm(mine(x, sizes), w, b, lrm, lrv, comm=COMM,
+                                                      axis=axis, mask=few),
+                            "more than 1 valid value")
+    assert np.array_equal(lrm, before[0]) and np.array_equal(lrv, before[1])
+    return max(errors)
+
+
 def expect_raise_everywhere(kind, call, words):
     """``call`` must raise ``kind`` with the same message on every rank."""
     try:
@@ -170,6 +224,11 @@ def main():
     bad_inputs()
     if not DEVICE:
         layer()
+        for shape, axis in (((6, 3, 40), 1), ((6, 7, 3), -1)):
+            for sizes in splits(shape[0]):
+                seed += 1
+                worst = max(worst, masked_case(shape, axis, np.float64, sizes, seed))
+            masked_case(shape, axis, np.float32, splits(shape[0])[0], seed + 100)
     COMM.Barrier()
     print(f"max float64 relative error {worst:.3g}")
     print(f"OK {RANK}", flush=True)

@@ -325,11 +325,31 @@ def backward(dy3, x3, mask2, mv, mean, rstd, weight, dx3, y3=None, relu=False, d
                              dres3, has_dres)
         return dweight, dbias
     sdy, sdxc = _bn.grad_sums(dy3, x3, mean, y3, relu)
+    return backward_apply(dy3, x3, mask2, mv, mean, rstd, weight, sdy, sdxc, dx3, y3, relu,
+                          dres3 if has_dres else None)
+
+
+def backward_apply(dy3, x3, mask2, mv, mean, rstd, weight, sdy, sdxc, dx3, y3=None,
+                   relu=False, dres3=None):
+    """The masked backward's second phase: dx into ``dx3`` from per-channel sums over
+    every position (``batch_norm.grad_sums``; for synchronized batch norm, the global
+    batch's) and ``mv`` valid positions.  Returns float64 ``(dweight, dbias)`` made
+    from those sums."""
+    a, c, b = x3.shape
+    has_dres = dres3 is not None
+    y3 = x3 if y3 is None else y3
+    dres3 = dres3 if has_dres else x3
+    from . import batch_norm as _bn
+
     dweight, dbias = np.empty(c), np.empty(c)
     coef = np.empty((5, c), x3.dtype)
     _bn.backward_coef(mean, rstd, weight, sdy, sdxc, mv, True, 1, coef, dweight, dbias)
     rows = max(1, config.CHUNK_ELEMENTS // (c * b))
-    if b == 1:
+    if _uses_rows(x3):
+        rows = max(1, config.CHUNK_ELEMENTS // b)
+        masked_grad_apply(x3.size, x3, dy3, coef, mask2, rows, dx3, y3, relu, dres3, has_dres,
+                          True)
+    elif b == 1:
         shape2 = (a, c)
         masked_cols_grad_apply(x3.size, x3.reshape(shape2), dy3.reshape(shape2), coef,
                                mask2.reshape(a), rows, dx3.reshape(shape2), y3.reshape(shape2),
