@@ -401,10 +401,10 @@ def warn_skipped_update(skipped: int, channels: int) -> None:
 
 def mask(mask, x_shape, axis: int):
     """A batch-norm ``mask`` checked against x: a bool array of x's shape without the
-    channel axis ``axis`` (0..ndim-1).  Returns it as a host bool ``(A, B)`` array (the
-    3-D view's rows without the channel), or None when every position is True (the
-    unmasked call).  TypeError for a non-bool or device mask, ValueError for a wrong
-    shape, both naming ``mask``."""
+    channel axis ``axis`` (0..ndim-1), on the host or the device.  Returns it as a host
+    bool ``(A, B)`` array (the 3-D view's rows without the channel), or None when every
+    position is True (the unmasked call).  TypeError for a non-bool mask, ValueError for
+    a wrong shape, both naming ``mask``."""
     if mask is None:
         return None
     x_shape = tuple(x_shape)
@@ -419,7 +419,7 @@ def mask(mask, x_shape, axis: int):
                          f"of shape {x_shape} and axis {axis}; got mask of shape "
                          f"{tuple(arr.shape)}")
     if is_cuda_array(mask):
-        return mask  # shape and dtype checked; the GPU call decides what it supports
+        arr = mask.copy_to_host()  # 1/C of x's size, as bytes: the kernels need counts
     if arr.all():
         return None
     a = math.prod(x_shape[:axis])

@@ -407,7 +407,8 @@ def batch_norm(
         be.batch_norm.inference(x3, rm, rv, eps, wk, bk, y3, mean, rstd, res3, relu)
         return _checks.deliver(xp, y3, out, shape, x.dtype), mean, rstd
     if mask2 is not None:
-        mean, m2, rstd = _cpu_masked.forward_train(x3, mask2, wk, bk, eps, y3, res3, relu)
+        mean, m2, rstd = _masked_kernels(be).forward_train(x3, mask2, wk, bk, eps, y3, res3,
+                                                           relu)
     else:
         mean, m2, rstd = be.batch_norm.forward_train(x3, wk, bk, eps, y3, res3, relu)
     if rm is not None:
@@ -422,10 +423,16 @@ def _masked(mask, shape, ax, training, be):
     mask2 = _checks.mask(mask, shape, ax)
     if mask2 is None or not training:
         return None
-    if be is not _CPU or _checks.is_cuda_array(mask2):
-        raise TypeError("mask= is not supported on CUDA arrays yet: pass NumPy arrays for a "
-                        "masked training call")
     return mask2
+
+
+def _masked_kernels(be):
+    """The masked batch-norm kernels of the backend: ``forward_train`` and ``backward``."""
+    if be is _CPU:
+        return _cpu_masked
+    from .cuda import masked
+
+    return masked
 
 
 def _masked_moments(x, mask, axis: int) -> tuple[int, np.ndarray, np.ndarray]:
@@ -582,7 +589,7 @@ def batch_norm_backward(
     dres3 = None if dres is None else _checks.result_buffer(xp, dres, x3, None, x, dy, y, mean,
                                                             rstd, w)
     if mask2 is not None:
-        dweight, dbias = _cpu_masked.backward(
+        dweight, dbias = _masked_kernels(be).backward(
             dy3, x3, mask2, valid, xp.param(mean, c, None, cdtype),
             xp.param(rstd, c, None, cdtype), xp.param(w, c, 1.0, cdtype), dx3, y3, relu, dres3)
     else:
