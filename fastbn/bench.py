@@ -190,6 +190,85 @@ def _epilogue_cases(torch, shape, dtype, rng):
     return cases
 
 
+#: The masked rows: padded sequences (N, C, T) and their channels-last twin (N, T, C).
+MASKED_SHAPE = (32, 256, 200)
+
+
+def _sequence_mask(rng, n, t):
+    """Padded sequences: lengths uniform in [0.6 t, t], so 80% of positions are valid
+    on average; the padding at the end of each sequence."""
+    lengths = rng.integers(int(0.6 * t), t + 1, size=n)
+    return np.arange(t)[None, :] < lengths[:, None]
+
+
+def _masked_cases(torch, layout, shape, axis, dtype, rng):
+    """Masked batch norm, forward-train and backward, with the unmasked calls on the same
+    data (op ``batch_norm``) for the masked/unmasked ratio.  torch has no masked batch
+    norm: the masked rows have no torch column."""
+    x = rng.standard_normal(shape, dtype)
+    dy = rng.standard_normal(shape, dtype)
+    ax = axis % len(shape)
+    c = shape[ax]
+    n, t = (shape[0], shape[2]) if ax == 1 else (shape[0], shape[1])
+    mask = _sequence_mask(rng, n, t)
+    w, b = np.ones(c, dtype), np.zeros(c, dtype)
+    rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+    m = np.expand_dims(mask, ax)  # broadcasts against x
+    axes = tuple(i for i in range(len(shape)) if i != ax)
+    bshape = [1] * len(shape)
+    bshape[ax] = c
+    mv = dtype.type(mask.sum())
+    eps = dtype.type(1e-5)
+
+    def formula_stats():
+        mean = np.where(m, x, 0).sum(axes, keepdims=True) / mv
+        var = np.where(m, (x - mean) ** 2, 0).sum(axes, keepdims=True) / mv
+        return mean, 1 / np.sqrt(var + eps)
+
+    def formula_forward():
+        mean, rstd = formula_stats()
+        return (x - mean) * rstd * w.reshape(bshape) + b.reshape(bshape)
+
+    _, mean, rstd = R.batch_norm_train_masked(x, mask, w, b, axis=axis)
+    mean, rstd = mean.astype(dtype), rstd.astype(dtype)
+    fmean, frstd = mean.reshape(bshape), rstd.reshape(bshape)
+
+    def formula_backward():
+        xhat = (x - fmean) * frstd
+        dyh = dy * w.reshape(bshape)
+        c1 = (dyh * xhat).sum(axes, keepdims=True) / mv
+        c2 = dyh.sum(axes, keepdims=True) / mv
+        return (dyh - np.where(m, xhat * c1 + c2, 0)) * frstd, (dy * xhat).sum(axes)
+
+    masked = [
+        BenchCase("batch_norm_masked", "forward-train", layout, dtype, shape, 2,
+                  partial(F.batch_norm, x, w, b, rm, rv, axis=axis, mask=mask),
+                  partial(R.batch_norm_train_masked, x, mask, w, b, axis=axis),
+                  formula_forward),
+        BenchCase("batch_norm_masked", "backward", layout, dtype, shape, 3,
+                  partial(F.batch_norm_backward, dy, x, mean, rstd, w, axis=axis, mask=mask),
+                  partial(R.batch_norm_backward_train_masked, dy, x, mask, mean, rstd, w,
+                          axis=axis),
+                  formula_backward),
+    ]
+    plain = [case for case in _batch_norm_cases(torch, layout, shape, axis, dtype, rng)
+             if case.pass_ in ("forward-train", "backward")]
+    return masked + plain
+
+
+def masked_ratios(report: dict) -> list[tuple[dict, float]]:
+    """Each masked row with ``median_s`` over that of the unmasked row of the same pass,
+    layout, dtype and shape."""
+    plain = {(r["pass"], r["layout"], r["dtype"], tuple(r["shape"])): r["median_s"]
+             for r in report["rows"] if r["op"] == "batch_norm"}
+    out = []
+    for r in report["rows"]:
+        key = (r["pass"], r["layout"], r["dtype"], tuple(r["shape"]))
+        if r["op"] == "batch_norm_masked" and key in plain:
+            out.append((r, r["median_s"] / plain[key]))
+    return out
+
+
 def _no_grad(torch, fn, *args):
     with torch.no_grad():
         return fn(*args)
@@ -259,11 +338,11 @@ def _group_norm_cases(torch, layout, shape, axis, groups, dtype, rng):
     return cases
 
 
-OPS = ("batch_norm", "layer_norm", "rms_norm", "group_norm", "epilogue")
+OPS = ("batch_norm", "layer_norm", "rms_norm", "group_norm", "epilogue", "batch_norm_masked")
 
 
 #: Layouts of the grid (a layer norm's are "rows").
-LAYOUTS = ("NCHW", "NHWC", "NC", "rows")
+LAYOUTS = ("NCHW", "NHWC", "NC", "rows", "NCL", "NLC")
 
 
 def _compile_group(case: BenchCase) -> int:
@@ -272,7 +351,7 @@ def _compile_group(case: BenchCase) -> int:
     1, the rest (channels-last group norm forward has kernels of its own).  Of the
     splits tried on 2 cores this one ended a cold quick run soonest (31-33 s with the
     install, against 36 s for splitting by layout alone)."""
-    columns = case.layout in ("NHWC", "NC") and not (
+    columns = case.layout in ("NHWC", "NC", "NLC") and not (
         case.op.startswith("group_norm") and case.pass_ == "forward")
     return 0 if columns else 1
 
@@ -297,6 +376,11 @@ def grid(quick: bool = False, ops=OPS, dtypes=None, with_torch: bool = True,
                                         ("NC", (32, 256), 1)):
                 if layout in layouts:
                     cases += _batch_norm_cases(torch, layout, shape, axis, dtype, rng)
+        if "batch_norm_masked" in ops:
+            n, c, t = MASKED_SHAPE
+            for layout, shape, axis in (("NCL", (n, c, t), 1), ("NLC", (n, t, c), -1)):
+                if layout in layouts:
+                    cases += _masked_cases(torch, layout, shape, axis, dtype, rng)
         if "epilogue" in ops and "NCHW" in layouts:
             cases += _epilogue_cases(torch, (32, 64, 56, 56), dtype, rng)
         if ("layer_norm" in ops or "rms_norm" in ops) and "rows" in layouts:
@@ -454,6 +538,9 @@ def table(report: dict) -> str:
             f"{_ms(r['numpy_median_s']):>9} {r['speedup_vs_numpy']:>7.1f}x {torch:>9} "
             f"{vs_torch:>8}")
     lines.append("")
+    for r, ratio in masked_ratios(report):
+        lines.append(f"masked / unmasked, {r['pass']} {r['layout']} {r['dtype']} "
+                     f"{'x'.join(map(str, r['shape']))}: {ratio:.2f}x")
     for key, name in (("speedup_vs_numpy_formula", "the NumPy formula (x's dtype)"),
                       ("speedup_vs_numpy", "the float64 NumPy oracle"),
                       ("speedup_vs_torch", "torch")):

@@ -79,3 +79,30 @@ def test_out_variant_writes_into_a_preallocated_array():
     y = out_case.fastbn()[0]
     np.testing.assert_allclose(y, case.fastbn()[0])
     assert y is out_case.fastbn.keywords["out"]
+
+
+def test_masked_rows_and_their_unmasked_twins():
+    import numpy as np
+
+    cases = bench.grid(True, ("batch_norm_masked",), with_torch=False)
+    got = sorted((c.op, c.pass_, c.layout) for c in cases)
+    assert got == sorted((op, p, layout) for op in ("batch_norm", "batch_norm_masked")
+                         for p in ("forward-train", "backward") for layout in ("NCL", "NLC"))
+    for c in cases:
+        assert c.shape in ((32, 256, 200), (32, 200, 256)) and c.formula is not None
+        if c.op == "batch_norm_masked":
+            assert c.torch is None  # torch has no masked batch norm
+            out = c.fastbn()[0]
+            np.testing.assert_allclose(out, c.numpy()[0], rtol=1e-3, atol=1e-3)
+            f = c.formula()
+            f = f[0] if isinstance(f, tuple) else f
+            np.testing.assert_allclose(f, c.numpy()[0], rtol=1e-3, atol=1e-3)
+    mask = bench._sequence_mask(np.random.default_rng(0), 32, 200)
+    assert 0.75 < mask.mean() < 0.85 and mask[:, 0].all()
+    report = {"rows": [
+        {"op": "batch_norm", "pass": "backward", "layout": "NCL", "dtype": "float32",
+         "shape": [2, 3, 4], "median_s": 2.0},
+        {"op": "batch_norm_masked", "pass": "backward", "layout": "NCL", "dtype": "float32",
+         "shape": [2, 3, 4], "median_s": 3.0}]}
+    [(row, ratio)] = bench.masked_ratios(report)
+    assert row["op"] == "batch_norm_masked" and ratio == 1.5

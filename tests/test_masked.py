@@ -232,3 +232,27 @@ def test_bad_masks_raise_and_change_nothing(rng):
         fastbn.batch_norm_backward(x, x, mean, rstd, mask=np.ones((4, 10), np.int8))
     with pytest.raises(ValueError, match="more than 1 valid value"):
         fastbn.batch_norm_backward(x, x, mean, rstd, mask=one)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_channels_last_forward(rng, monkeypatch, dtype):
+    """The fused column forward (valid-row runs, one block of columns per task) on a
+    small input, forced by the tunables, equals the oracle; also with the epilogue."""
+    from fastbn import config
+
+    monkeypatch.setattr(config, "SERIAL_MAX_ELEMENTS", 0)
+    monkeypatch.setattr(config, "FUSED_MIN_CHANNELS", 1)
+    monkeypatch.setattr(config, "FUSED_COLUMN_WIDTH", 3)
+    shape = (5, 9, 7)  # (N, T, C): 7 channels in blocks of 3
+    x = make(rng, shape, dtype, loc=1e3)
+    res = make(rng, shape, dtype)
+    mask = _mask(rng, shape, -1, p=0.6)
+    mask[1] = False  # a sequence of padding only
+    w, b = make(rng, 7, dtype), make(rng, 7, dtype)
+    y, mean, rstd = fastbn.batch_norm(x, w, b, axis=-1, mask=mask)
+    yr, mr, rr = R.batch_norm_train_masked(x, mask, w, b, axis=-1)
+    assert_close(y, yr, dtype)
+    assert_close(mean, mr, dtype, scale=1e3)
+    assert_close(rstd, rr, dtype)
+    y2, _, _ = fastbn.batch_norm(x, w, b, axis=-1, mask=mask, activation="relu", residual=res)
+    assert_close(y2, np.maximum(yr + res, 0), dtype)

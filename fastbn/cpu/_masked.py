@@ -27,13 +27,16 @@ import numpy as np
 from numba import prange
 
 from .. import config
+from ._columns import block_apply, block_moments
 from ._jit import driver, worker
 from ._moments import (
     chan_merge,
+    finish_stats,
     grad_coef,
     grad_epilogue,
     relu_mask,
     rstd_from_m2,
+    sample_forward_coef,
     set_backward_coef,
     set_forward_coef,
     shifted_moments,
@@ -87,6 +90,49 @@ def masked_rows_forward(x3, mask2, counts, rows, sa, sb, weight, bias, eps, coef
         rstd[c] = r
         set_forward_coef(coef, c, mu, r, weight[c], bias[c])
         chunk_apply(x3, y3, coef, c, np.int64(0), A * B, res3, has_res, relu)
+
+
+@driver
+def masked_cols_forward_fused(x3, runs, width, scratch, weight, bias, eps, coef, y3, res3,
+                              has_res, relu, mean, m2, rstd):
+    """Training forward of channels-last and 2-D data (``x3``: (1, A, C), one column
+    per channel, a row mask) in one call.  A task is a block of ``width`` columns:
+    the moments of each run of valid rows (``runs``: (R, 2) start, stop, in row
+    order), merged with Chan's formula in run order, the coefficients, then the
+    output pass over every row while the block is in L2 (one read of x, one write
+    of y).  ``scratch``: (tasks, 2, width) float64."""
+    A, K = x3.shape[1], x3.shape[2]
+    zero = np.int64(0)
+    coef2 = coef.reshape((coef.shape[0], K))
+    for t_ in prange((K + width - 1) // width):
+        t = np.int64(t_)  # one callee specialization (fastbn.cpu._jit)
+        k0 = t * width
+        k1 = min(k0 + width, K)
+        bm = scratch[t, 0, :k1 - k0]
+        bs = scratch[t, 1, :k1 - k0]
+        n = np.int64(0)
+        for j in range(runs.shape[0]):
+            r0 = runs[j, 0]
+            r1 = runs[j, 1]
+            block_moments(x3, zero, r0, r1, k0, k1, bm, bs)
+            if n == 0:
+                for k in range(k1 - k0):
+                    mean[k0 + k] = bm[k]
+                    m2[k0 + k] = bs[k]
+            else:
+                for k in range(k1 - k0):
+                    _, mean[k0 + k], m2[k0 + k] = chan_merge(n, mean[k0 + k], m2[k0 + k],
+                                                             r1 - r0, bm[k], bs[k])
+            n += r1 - r0
+        finish_stats(m2[k0:k1], n, eps, rstd[k0:k1])
+        sample_forward_coef(zero, k0, k1, mean, rstd, weight, bias, K, np.int64(1), coef2)
+        block_apply(x3, zero, zero, A, k0, k1, coef, y3, res3, has_res, relu)
+
+
+def _valid_runs(valid):
+    """(R, 2) int64 start, stop of the runs of True in the 1-D bool ``valid``."""
+    edges = np.diff(np.concatenate(([0], valid.astype(np.int8), [0])))
+    return np.stack([np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)], axis=1)
 
 
 @driver
@@ -293,8 +339,18 @@ def forward_train(x3, mask2, weight, bias, eps, y3, res3=None, relu=False):
                             res3 if has_res else x3, has_res, relu)
         return mean, m2, rstd
     from . import batch_norm as _bn
-    from ._moments import finish_stats
 
+    width = _bn._fused_columns(x3, 1)
+    if width:
+        runs = _valid_runs(mask2.reshape(a)).astype(np.int64)
+        has_res = res3 is not None
+        ntask = (c + width - 1) // width
+        masked_cols_forward_fused(x3.size, x3.reshape(1, a, c), runs, width,
+                                  np.empty((ntask, 2, width)), weight, bias, eps,
+                                  np.empty((4, 1, c), x3.dtype), y3.reshape(1, a, c),
+                                  (res3 if has_res else x3).reshape(1, a, c), has_res, relu,
+                                  mean, m2, rstd)
+        return mean, m2, rstd
     k = c * b
     rows = max(1, config.CHUNK_ELEMENTS // k)
     counts = _chunk_counts(mask2, rows)
