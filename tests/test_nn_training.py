@@ -1,6 +1,5 @@
 """The Keras-style training loop on Sequential, and weights on disk."""
 
-import io
 import sys
 
 import numpy as np
@@ -129,18 +128,20 @@ def test_fit_against_torch_same_loop():
                             torch.nn.Linear(8, 3)).double()
     t.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
     model.compile(optimizer=SGD(model, lr=0.1), metrics=())
-    history = model.fit(x, y, epochs=3, batch_size=16, shuffle=False, verbose=0)
+    # batches of 24, 24 and a partial 16: Keras trains the partial batch and weights
+    # each batch's mean loss by its size in the epoch's loss
+    history = model.fit(x, y, epochs=3, batch_size=24, shuffle=False, verbose=0)
     opt = torch.optim.SGD(t.parameters(), lr=0.1)
     losses = []
     for _ in range(3):
         total = 0.0
-        for start in range(0, 64, 16):
-            xb, yb = torch.tensor(x[start:start + 16]), torch.tensor(y[start:start + 16])
+        for start in range(0, 64, 24):
+            xb, yb = torch.tensor(x[start:start + 24]), torch.tensor(y[start:start + 24])
             loss = torch.nn.functional.cross_entropy(t(xb), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * 16
+            total += float(loss.detach()) * len(yb)
         losses.append(total / 64)
     np.testing.assert_allclose(history.history["loss"], losses, rtol=1e-10)
     for k, v in t.state_dict().items():
@@ -246,67 +247,3 @@ def test_dropout_seeded_run_is_reproducible():
         model.compile()
         results.append(model.fit(x, y, epochs=2, seed=1, verbose=0).history)
     assert results[0] == results[1]
-
-
-# --- weights on disk -----------------------------------------------------------------
-
-
-def test_save_and_load_weights_round_trip(tmp_path):
-    x, y = _data(40)
-    model = _model()
-    model.compile()
-    model.fit(x, y, epochs=2, verbose=0, seed=0)
-    model.save_weights(tmp_path / "w")  # .npz appended, as np.savez does
-    assert (tmp_path / "w.npz").exists()
-    with np.load(tmp_path / "w.npz") as data:
-        assert sorted(data.files) == sorted(model.state_dict())
-    clone = _model(seed=9)
-    clone.load_weights(str(tmp_path / "w.npz"))
-    for k, v in model.state_dict().items():
-        assert np.array_equal(clone.state_dict()[k], v), k
-        assert clone.state_dict()[k].dtype == v.dtype
-    np.testing.assert_array_equal(clone.predict(x), model.predict(x))
-    buf = io.BytesIO()
-    model.save_weights(buf)
-    buf.seek(0)
-    third = _model(seed=3)
-    third.load_weights(buf)
-    np.testing.assert_array_equal(third.predict(x), model.predict(x))
-
-
-@pytest.mark.parametrize("change", ["missing", "extra", "shape"])
-def test_load_weights_is_all_or_nothing(tmp_path, change):
-    model = _model()
-    state = model.state_dict()
-    if change == "missing":
-        del state["2.bias"]
-    elif change == "extra":
-        state["3.weight"] = np.ones(2, np.float32)
-    else:
-        state["2.bias"] = np.ones(4, np.float32)
-    for k in state:
-        if k.endswith("weight") and state[k].ndim == 2:
-            state[k] = state[k] + 1  # would change the model if anything were written
-    np.savez(tmp_path / "bad.npz", **state)
-    target = _model(seed=5)
-    before = target.state_dict()
-    with pytest.raises(ValueError, match="2.bias|3.weight"):
-        target.load_weights(tmp_path / "bad.npz")
-    for k, v in target.state_dict().items():
-        assert np.array_equal(v, before[k]), k
-
-
-def test_load_weights_from_torch(tmp_path):
-    torch = pytest.importorskip("torch")
-    t = torch.nn.Sequential(torch.nn.Linear(5, 16, bias=False), torch.nn.BatchNorm1d(16),
-                            torch.nn.Linear(16, 3))
-    t(torch.randn(8, 5))  # running statistics
-    np.savez(tmp_path / "t.npz", **{k: v.numpy() for k, v in t.state_dict().items()})
-    model = _model()
-    model.load_weights(tmp_path / "t.npz")
-    x = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
-    model.eval()
-    t.eval()
-    relu_between = torch.nn.Sequential(t[0], t[1], torch.nn.ReLU(), t[2])
-    np.testing.assert_allclose(model(x), relu_between(torch.tensor(x)).detach().numpy(),
-                               rtol=1e-5, atol=1e-6)

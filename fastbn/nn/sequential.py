@@ -284,12 +284,15 @@ class Sequential(Module):
         once per ``fit``, and given back afterwards.  The reason: OpenBLAS's
         worker threads spin for a while after each matrix product and take
         the cores from the threads of fastbn's Numba kernels.  It is a
-        trade-off, measured on 2 shared cores (Xeon @ 2.60GHz) with
-        ``python scripts/blas_threads_step.py``: a step of the small CNN at
-        batch 32 took 15.0 ms with NumPy's default BLAS threads and 10.7 ms
-        with one (batch 128: 30.7 vs 25.2 ms), but the tutorial's MLP, whose
-        time is mostly its matrix products, took 1.96 vs 2.22 ms at batch 32
-        and 3.90 vs 5.63 ms at batch 256.  Set
+        trade-off that depends on how busy the cores are, measured on 2
+        shared cores (Xeon @ 2.60GHz) with ``python
+        scripts/blas_threads_step.py --model mlp|cnn --batch 32``
+        (interleaved, medians).  While other processes ran: a step of the
+        tutorial's MLP took 34.3 ms with NumPy's default BLAS threads and
+        2.95 ms with one, the small CNN 147.4 vs 24.2 ms.  On the idle
+        machine: the small CNN 15.0 vs 10.7 ms, but the MLP, whose time is
+        mostly its matrix products, 1.96 vs 2.22 ms (batch 256: 3.90 vs
+        5.63 ms), faster with BLAS's own threads.  Set
         ``fastbn.nn.training.FIT_BLAS_THREADS = None`` to leave BLAS alone
         (or to another count).
 
