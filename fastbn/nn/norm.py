@@ -295,7 +295,7 @@ class BatchNorm(Module):
             y, mean, rstd = F.batch_norm(
                 x, weight, bias, self.buffers["running_mean"], self.buffers["running_var"],
                 training=False, eps=self.eps, axis=self.axis, activation=self.activation,
-                mask=mask)
+                **_masked(mask))
             self._saved = (x, y, False, [(slice(None), mean, rstd, weight, None, None)])
             return y
 
@@ -349,7 +349,7 @@ class BatchNorm(Module):
             _, mean, rstd = F.batch_norm(x, weight, bias, rm, rv, training=True,
                                          momentum=self._momentum(), eps=self.eps,
                                          axis=self.axis, out=y, activation=self.activation,
-                                         mask=mask)
+                                         **_masked(mask))
             if update:
                 self.buffers["num_batches_tracked"] += 1
             return mean, rstd, weight, None
@@ -388,7 +388,7 @@ class BatchNorm(Module):
             dx[rows], dw, db = F.batch_norm_backward(
                 dy[rows], x[rows], mean, rstd, weight, training=batch_stats, axis=self.axis,
                 activation=self.activation, y=y[rows] if self.activation else None,
-                mask=mask if batch_stats else None)
+                **_masked(mask if batch_stats else None))
             if renorm is not None:  # y = weight * (r * xhat + d) + bias, r and d constant
                 r, d = renorm
                 dw = r * dw + d * db
@@ -784,6 +784,12 @@ class SyncBatchNorm(BatchNorm):
         _store(self.grads, "weight", dweight)
         _store(self.grads, "bias", dbias)
         return dx
+
+
+def _masked(mask) -> dict:
+    """``{"mask": mask}``, or nothing without one: a backend swapped in for ``F`` (the
+    profile experiment's NumPy formulas) needs no ``mask`` argument."""
+    return {} if mask is None else {"mask": mask}
 
 
 def _reset_affine(layer: Module) -> None:
