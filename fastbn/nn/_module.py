@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from typing import IO, Union
+from typing import IO, Any, Union
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -148,7 +148,8 @@ class Module:
         >>> bool((clone[0].params["weight"] == model[0].params["weight"]).all())
         True
         """
-        np.savez(_npz_path(path), **self.state_dict())
+        state: dict[str, Any] = self.state_dict()
+        np.savez(_npz_path(path), **state)
 
     def load_weights(self, path: PathLike) -> None:
         """Read an ``.npz`` file of :meth:`state_dict` arrays into the layer, all or nothing.

@@ -71,7 +71,7 @@ def _folds(layer: Module, bn: Module) -> bool:
     return bn.axis in ((1, -1) if isinstance(layer, Dense) else (1,))
 
 
-def _fold_pair(layer: Module, bn: Module) -> Module:
+def _fold_pair(layer: Any, bn: Any) -> Module:
     """A copy of ``layer`` with ``bn`` folded in (float64 arithmetic, the layer's dtype)."""
     if isinstance(bn, FrozenBatchNorm):
         mean, var = bn.buffers["running_mean"], bn.buffers["running_var"]
@@ -87,7 +87,7 @@ def _fold_pair(layer: Module, bn: Module) -> Module:
     scale = (np.ones(c) if gamma is None else gamma.astype(np.float64)) / np.sqrt(
         var.astype(np.float64) + bn.eps)
     shift = np.zeros(c) if beta is None else beta.astype(np.float64)
-    folded = _clone(layer)
+    folded: Any = _clone(layer)
     w = folded.params["weight"]
     b = (folded.params["bias"].astype(np.float64) if "bias" in folded.params
          else np.zeros(c))
@@ -102,7 +102,7 @@ def _fold_pair(layer: Module, bn: Module) -> Module:
 
 
 def _fold(model: Sequential) -> Sequential:
-    layers = []
+    layers: list[Module] = []
     children = list(model.layers)
     i = 0
     while i < len(children):

@@ -761,7 +761,7 @@ class SyncBatchNorm(BatchNorm):
         # validated inside, on every rank alike: a local error raised here would leave
         # the other ranks waiting in the statistics' collective
         weight = self.params.get("weight")
-        extra = {} if mask is None else {"mask": mask}
+        extra: dict[str, Any] = {} if mask is None else {"mask": mask}
         y, mean, rstd = distributed.sync_batch_norm(
             x, weight, self.params.get("bias"), self.buffers["running_mean"],
             self.buffers["running_var"], comm=self.comm, momentum=self._momentum(),
@@ -778,7 +778,7 @@ class SyncBatchNorm(BatchNorm):
         if self._saved is None or len(self._saved) != 5:
             raise RuntimeError(f"{self!r}: backward() called before a training forward()")
         x, mean, rstd, weight, mask = self._saved
-        extra = {} if mask is None else {"mask": mask}
+        extra: dict[str, Any] = {} if mask is None else {"mask": mask}
         dx, dweight, dbias = distributed.sync_batch_norm_backward(
             dy, x, mean, rstd, weight, comm=self.comm, axis=self.axis, **extra)
         _store(self.grads, "weight", dweight)
@@ -786,7 +786,7 @@ class SyncBatchNorm(BatchNorm):
         return dx
 
 
-def _masked(mask) -> dict:
+def _masked(mask) -> dict[str, Any]:
     """``{"mask": mask}``, or nothing without one: a backend swapped in for ``F`` (the
     profile experiment's NumPy formulas) needs no ``mask`` argument."""
     return {} if mask is None else {"mask": mask}

@@ -14,7 +14,7 @@ from ._module import Module
 if TYPE_CHECKING:  # pragma: no cover
     from .losses import SoftmaxCrossEntropy
     from .optim import Optimizer
-    from .training import History
+    from .training import Compiled, History
 
 __all__ = ["Sequential"]
 
@@ -64,7 +64,7 @@ class Sequential(Module):
                                 f"{type(layer).__name__}")
         self.layers: list[Module] = list(layers)
         #: What :meth:`compile` stored (None before it is called).
-        self.compiled = None
+        self.compiled: Compiled | None = None
 
     # -- computation -------------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -285,7 +285,7 @@ class Sequential(Module):
         worker threads spin for a while after each matrix product and take
         the cores from the threads of fastbn's Numba kernels.  It is a
         trade-off that depends on how busy the cores are, measured on 2
-        shared cores (Xeon @ 2.60GHz) with ``python
+        shared cores (AMD EPYC) with ``python
         scripts/blas_threads_step.py --model mlp|cnn --batch 32``
         (interleaved, medians).  While other processes ran: a step of the
         tutorial's MLP took 34.3 ms with NumPy's default BLAS threads and

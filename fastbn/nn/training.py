@@ -233,6 +233,7 @@ def _run_eval(model: Sequential, x: np.ndarray, y: np.ndarray | None,
             outputs.append(out)
             continue
         yb = y[sl]
+        assert crit is not None  # a criterion comes with the labels
         loss_sum += crit(out, yb) * yb.shape[0]
         if want_accuracy:
             correct += int(np.count_nonzero(np.asarray(out).argmax(axis=1) == yb))
@@ -271,6 +272,7 @@ def predict(model: Sequential, x: ArrayLike, *, batch_size: int = 32) -> np.ndar
     batch_size = _check_batch_size(batch_size, "predict")
     with _modes_restored(model, False):
         out, _, _ = _run_eval(model, x, None, batch_size, None, False)
+    assert out is not None  # the outputs, without labels
     return out
 
 
@@ -305,6 +307,8 @@ def fit(model: Sequential, x: ArrayLike, y: ArrayLike, *, epochs: int = 1,
     if verbose not in (0, 1, 2):
         raise ValueError(f"Sequential.fit: verbose must be 0, 1 or 2; got {verbose!r}")
     verbose = int(verbose)
+    x_val: ArrayLike | None = None
+    y_val: ArrayLike | None = None
     if validation_data is not None:
         try:
             x_val, y_val = validation_data
@@ -323,8 +327,10 @@ def fit(model: Sequential, x: ArrayLike, y: ArrayLike, *, epochs: int = 1,
                              f"set")
         x, x_val = x[:split_at], x[split_at:]
         y, y_val = y[:split_at], y[split_at:]
-    else:
-        x_val = y_val = None
+    x_val_: np.ndarray | None = None
+    y_val_: np.ndarray | None = None
+    if validation_data is not None or validation_split:
+        x_val_, y_val_ = np.asarray(x_val), np.asarray(y_val)
 
     rng = np.random.default_rng(seed)
     opt, crit = config.optimizer, config.loss
@@ -368,8 +374,8 @@ def fit(model: Sequential, x: ArrayLike, y: ArrayLike, *, epochs: int = 1,
                 logs = {"loss": loss_sum / seen}
                 if want_acc:
                     logs["accuracy"] = correct / seen
-                if x_val is not None:
-                    val = _evaluate(model, config, x_val, y_val, batch_size)
+                if x_val_ is not None and y_val_ is not None:
+                    val = _evaluate(model, config, x_val_, y_val_, batch_size)
                     logs.update({f"val_{k}": v for k, v in val.items()})
                 if bar is not None:
                     bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=True)
