@@ -48,6 +48,7 @@ class BenchCase:
     formula: Callable[[], object] | None = None   # the NumPy formula in x's dtype
     torch: Callable[[], object] | None = None
     results: dict = field(default_factory=dict)
+    cold_results: dict = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -86,6 +87,28 @@ class BandwidthProbe:
     @property
     def gbps(self) -> float:
         return float(np.median(self.samples))
+
+
+class CacheFlush:
+    """Evicts the caches: one thread copies ``megabytes`` MB (twice the 32 MB L3 of the
+    machines this project measures on, by default), so the next call reads its inputs
+    from memory.
+
+    NumPy's single-threaded copy, not a Numba kernel: a parallel flush would
+    leave Numba's pool spinning, charged to the next backend.  What the other
+    core's private L2 (1-2 MB) held of an input may survive; on inputs of 8 MB
+    and more that is a few percent of the bytes.
+    """
+
+    def __init__(self, megabytes: int = 64):
+        n = megabytes * (1 << 20) // 8
+        self.src = np.ones(n)
+        self.dst = np.empty_like(self.src)
+        np.copyto(self.dst, self.src)
+
+    def __call__(self) -> None:
+        np.copyto(self.dst, self.src)
+        self.src, self.dst = self.dst, self.src
 
 
 # --- the grid ----------------------------------------------------------------------------
@@ -274,14 +297,16 @@ def _no_grad(torch, fn, *args):
         return fn(*args)
 
 
-def _layer_norm_cases(torch, shape, dtype, rng):
+def _layer_norm_cases(torch, shape, dtype, rng, dims=1):
+    """Layer and RMS norm over the last ``dims`` dimensions of ``shape``."""
     x = rng.standard_normal(shape, dtype)
     dy = rng.standard_normal(shape, dtype)
-    d = shape[-1]
+    d = tuple(shape[-dims:])
+    lead = shape[:-dims]
     w, b = np.ones(d, dtype), np.zeros(d, dtype)
     _, mean, rstd = Fm.layer_norm(x, d, w, b)
-    mean, rstd = mean.reshape(shape[:-1]), rstd.reshape(shape[:-1])
-    rms_rstd = Fm.rms_norm(x, d, w)[1].reshape(shape[:-1])
+    mean, rstd = mean.reshape(lead), rstd.reshape(lead)
+    rms_rstd = Fm.rms_norm(x, d, w)[1].reshape(lead)
     cases = [
         BenchCase("layer_norm", "forward", "rows", dtype, shape, 2,
                   partial(F.layer_norm, x, d, w, b), partial(R.layer_norm, x, d, w, b),
@@ -300,12 +325,12 @@ def _layer_norm_cases(torch, shape, dtype, rng):
     ]
     if torch is not None:
         t = torch.from_numpy
-        stat = shape[:-1] + (1,)
-        cases[0].torch = partial(torch.nn.functional.layer_norm, t(x), (d,), t(w), t(b))
-        cases[1].torch = partial(torch.ops.aten.native_layer_norm_backward, t(dy), t(x), [d],
+        stat = lead + (1,) * dims
+        cases[0].torch = partial(torch.nn.functional.layer_norm, t(x), d, t(w), t(b))
+        cases[1].torch = partial(torch.ops.aten.native_layer_norm_backward, t(dy), t(x), list(d),
                                  t(mean).reshape(stat), t(rstd).reshape(stat), t(w), t(b),
                                  [True] * 3)
-        cases[2].torch = partial(torch.nn.functional.rms_norm, t(x), (d,), t(w), 1e-6)
+        cases[2].torch = partial(torch.nn.functional.rms_norm, t(x), d, t(w), 1e-6)
         # RMS norm backward: torch has no CPU kernel that takes the saved rstd
         # (autograd would recompute the forward), so no torch column.
     return cases
@@ -372,8 +397,8 @@ def grid(quick: bool = False, ops=OPS, dtypes=None, with_torch: bool = True,
         if "batch_norm" in ops:
             for layout, shape, axis in (("NCHW", (32, 64, 56, 56), 1),
                                         ("NHWC", (32, 56, 56, 64), -1),
-                                        ("NC", (4096, 1024), 1), ("NC", (256, 1024), 1),
-                                        ("NC", (32, 256), 1)):
+                                        ("NC", (4096, 1024), 1), ("NC", (512, 256), 1),
+                                        ("NC", (256, 1024), 1), ("NC", (32, 256), 1)):
                 if layout in layouts:
                     cases += _batch_norm_cases(torch, layout, shape, axis, dtype, rng)
         if "batch_norm_masked" in ops:
@@ -384,8 +409,10 @@ def grid(quick: bool = False, ops=OPS, dtypes=None, with_torch: bool = True,
         if "epilogue" in ops and "NCHW" in layouts:
             cases += _epilogue_cases(torch, (32, 64, 56, 56), dtype, rng)
         if ("layer_norm" in ops or "rms_norm" in ops) and "rows" in layouts:
-            for shape in ((4096, 1024), (8, 512, 768), (8, 768)):
-                cases += [c for c in _layer_norm_cases(torch, shape, dtype, rng) if c.op in ops]
+            for shape, dims in (((4096, 1024), 1), ((8, 512, 768), 1), ((8, 768), 1),
+                                ((16, 64, 56, 56), 3)):
+                cases += [c for c in _layer_norm_cases(torch, shape, dtype, rng, dims)
+                          if c.op in ops]
         if "group_norm" in ops:
             for layout, shape, axis in (("NCHW", (32, 64, 56, 56), 1),
                                         ("NHWC", (32, 56, 56, 64), -1),
@@ -432,8 +459,14 @@ def _repeats(case: BenchCase, quick: bool) -> int:
     return 15 if big else 100
 
 
-def measure(case: BenchCase, quick: bool) -> None:
+def measure(case: BenchCase, quick: bool, flush: Callable[[], object] | None = None) -> None:
     """Median seconds of each backend, their calls interleaved in one loop.
+
+    The warm samples (``case.results``) follow an untimed call on the same
+    inputs, so whatever of them fits the last-level cache is there.  With a
+    ``flush`` (:class:`CacheFlush`, ``fastbn bench --cold``) each warm sample
+    is followed by a flush and a cold sample (``case.cold_results``), so the
+    two states are measured interleaved, in the same loop.
 
     Before each timed call of a threaded backend one untimed call lets the
     other backend's thread pool go idle: Numba's OpenMP workers and torch's
@@ -453,6 +486,7 @@ def measure(case: BenchCase, quick: bool) -> None:
         if not (quick and name in ("numpy", "numpy_formula") and _large(case)):
             fn()
     samples = {k: [] for k in backends}
+    cold_samples = {k: [] for k in backends}
     for i in range(_repeats(case, quick)):
         for name, fn in backends.items():
             # the reference is 10-100x slower: time it on rounds 0-2 and every 4th
@@ -467,12 +501,20 @@ def measure(case: BenchCase, quick: bool) -> None:
             t0 = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - t0)
+            if flush is not None:
+                flush()  # evicts the inputs; the backend's pool stops spinning meanwhile
+                t0 = time.perf_counter()
+                fn()
+                cold_samples[name].append(time.perf_counter() - t0)
     case.results = {k: float(np.median(v)) for k, v in samples.items()}
+    if flush is not None:
+        case.cold_results = {k: float(np.median(v)) for k, v in cold_samples.items()}
 
 
-def _machine(bandwidth: float) -> dict:
+def _machine(bandwidth: float, cold: bool = False) -> dict:
     torch = _torch()
     return {
+        "cache": "cold" if cold else "warm",
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
@@ -487,23 +529,35 @@ def _machine(bandwidth: float) -> dict:
     }
 
 
+def _timings(results: dict, nbytes: int, bandwidth: float) -> dict:
+    """The timing fields of a row from one cache state's medians."""
+    fastbn = results["fastbn"]
+    gbps = nbytes / fastbn / 1e9
+    torch_s = results.get("torch")
+    formula_s = results.get("numpy_formula")
+    return {
+        "median_s": fastbn, "gbps": gbps, "bandwidth_fraction": gbps / bandwidth,
+        "numpy_median_s": results["numpy"], "speedup_vs_numpy": results["numpy"] / fastbn,
+        "torch_median_s": torch_s,
+        "speedup_vs_torch": None if torch_s is None else torch_s / fastbn,
+        "numpy_formula_median_s": formula_s,
+        "speedup_vs_numpy_formula": None if formula_s is None else formula_s / fastbn,
+    }
+
+
 def rows(cases: list[BenchCase], bandwidth: float) -> list[dict]:
+    """One row per case.  After a cold run (``case.cold_results`` set) the row's timing
+    fields are the cold ones and ``"warm"`` holds the same fields measured warm."""
     out = []
     for c in cases:
-        r = c.results
-        gbps = c.nbytes / r["fastbn"] / 1e9
-        torch_s = r.get("torch")
-        formula_s = r.get("numpy_formula")
-        out.append({
-            "op": c.op, "pass": c.pass_, "layout": c.layout, "dtype": c.dtype.name,
-            "shape": list(c.shape), "backend": "cpu",
-            "median_s": r["fastbn"], "gbps": gbps, "bandwidth_fraction": gbps / bandwidth,
-            "numpy_median_s": r["numpy"], "speedup_vs_numpy": r["numpy"] / r["fastbn"],
-            "torch_median_s": torch_s,
-            "speedup_vs_torch": None if torch_s is None else torch_s / r["fastbn"],
-            "numpy_formula_median_s": formula_s,
-            "speedup_vs_numpy_formula": None if formula_s is None else formula_s / r["fastbn"],
-        })
+        row = {"op": c.op, "pass": c.pass_, "layout": c.layout, "dtype": c.dtype.name,
+               "shape": list(c.shape), "backend": "cpu"}
+        if c.cold_results:
+            row.update(_timings(c.cold_results, c.nbytes, bandwidth))
+            row["warm"] = _timings(c.results, c.nbytes, bandwidth)
+        else:
+            row.update(_timings(c.results, c.nbytes, bandwidth))
+        out.append(row)
     return out
 
 
@@ -518,6 +572,9 @@ def table(report: dict) -> str:
         f"({m['threading_layer']}), numpy {m['numpy']}, numba {m['numba']}, "
         f"torch {m['torch'] or 'not installed'}",
         f"bandwidth probe (parallel copy, read + write): {m['bandwidth_gbps']:.1f} GB/s",
+        ("caches: cold, flushed before every timed call (rows' warm medians in the JSON)"
+         if m.get("cache") == "cold" else
+         "caches: warm, every timed call follows a call on the same inputs (--cold flushes)"),
         "",
         f"{'op':<16} {'pass':<19} {'layout':<6} {'dtype':<7} {'shape':<18} {'ms':>8} "
         f"{'GB/s':>6} {'of bw':>6} {'formula ms':>10} {'vs formula':>10} {'numpy ms':>9} "
@@ -620,21 +677,27 @@ def _compile(group: int, quick: bool, ops) -> None:
 
 
 def run(quick: bool = False, ops=OPS, json_path: str | None = None,
-        plot_path: str | None = None, stream=None) -> dict:
-    """Run the grid, print the table, optionally write JSON and a plot; return the report."""
+        plot_path: str | None = None, stream=None, cold: bool = False) -> dict:
+    """Run the grid, print the table, optionally write JSON and a plot; return the report.
+
+    ``cold``: time every call after a cache flush as well (:func:`measure`); the
+    table and the rows' fields are then the cold medians, each row's ``"warm"`` the
+    warm ones.
+    """
     stream = stream or sys.stdout
     compiling = precompile(quick, ops)
     cases = grid(quick, ops)  # compiles nothing: overlaps the compiling
     probe = BandwidthProbe(64 if quick else 256)
+    flush = CacheFlush() if cold else None
     for proc in compiling:
         proc.wait()
     probe.measure()
     for i, case in enumerate(_progress(cases)):
-        measure(case, quick)
+        measure(case, quick, flush)
         if i % 4 == 3:
             probe.measure(1)  # the probe's samples spread over the whole run
     probe.measure()
-    report = {"machine": _machine(probe.gbps), "rows": rows(cases, probe.gbps)}
+    report = {"machine": _machine(probe.gbps, cold), "rows": rows(cases, probe.gbps)}
     print(table(report), file=stream)
     if json_path:
         with open(json_path, "w") as f:

@@ -50,6 +50,43 @@ def test_bench_json_schema_and_table(small_grid, tmp_path, capsys):
     assert "geometric mean vs the NumPy formula" in table
 
 
+def test_bench_cold_carries_both_cache_states(small_grid, tmp_path, monkeypatch, capsys):
+    flushes = []
+
+    class Flush(bench.CacheFlush):
+        def __call__(self):
+            flushes.append(1)
+            super().__call__()
+
+    monkeypatch.setattr(bench, "CacheFlush", lambda: Flush(megabytes=1))
+    out = tmp_path / "cold.json"
+    assert cli.main(["bench", "--quick", "--cold", "--ops", "layer_norm",
+                     "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["machine"]["cache"] == "cold"
+    for row in report["rows"]:
+        assert set(row) == ROW_KEYS | {"warm"}
+        assert set(row["warm"]) == ROW_KEYS - {"op", "pass", "layout", "dtype", "shape",
+                                               "backend"}
+        assert row["median_s"] > 0 and row["warm"]["median_s"] > 0
+    assert flushes  # one per cold sample
+    assert "caches: cold" in capsys.readouterr().out
+
+
+def test_bench_default_is_warm_and_says_so(small_grid, capsys):
+    report = bench.run(quick=True, ops=("rms_norm",))
+    assert report["machine"]["cache"] == "warm"
+    assert all("warm" not in r for r in report["rows"])
+    assert "caches: warm" in capsys.readouterr().out
+
+
+def test_cache_flush_swaps_its_buffers():
+    flush = bench.CacheFlush(megabytes=1)
+    src = flush.src
+    flush()
+    assert flush.dst is src and flush.src.nbytes == 1 << 20
+
+
 def test_bench_ops_filter_and_plot(small_grid, tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "bench.png"

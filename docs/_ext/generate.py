@@ -806,7 +806,16 @@ def bench_machine(report: dict, measurements: dict) -> str:
             f"fastbn and torch on {m['threads']} threads.\n\n"
             f"Date\n: {m['date']}\n\n"
             f"Bandwidth probe\n: {m['bandwidth_gbps']:.1f} GB/s (parallel copy, read + "
-            f"write, median over the run)\n")
+            f"write, median over the run)\n\n"
+            f"Caches\n: {_cache_state(m)}\n")
+
+
+def _cache_state(machine: dict) -> str:
+    """How warm the timed calls found the caches (reports before ``--cold`` were warm)."""
+    if machine.get("cache") == "cold":
+        return ("cold (`--cold`): each timed call follows a 64 MB copy that evicts the "
+                "L3; the tables show the cold medians")
+    return "warm: each timed call follows a call on the same inputs"
 
 
 def bench_overview(report: dict) -> str:
