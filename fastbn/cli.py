@@ -36,6 +36,18 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--ops", nargs="+", metavar="OP", help="subset of: " + ", ".join(OPS))
     bench.add_argument("--json", metavar="PATH", help="write the results as JSON")
     bench.add_argument("--plot", metavar="PATH", help="write a bar chart (needs matplotlib)")
+    bench.add_argument("--cold", action="store_true",
+                       help="also time every call after flushing the caches (a 64 MB copy); "
+                            "the table shows the cold medians, the JSON both.  Default: warm, "
+                            "each timed call follows one on the same inputs, so an input "
+                            "that fits the last-level cache is read from it")
+    bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                       help="cpu (default): the Numba CPU kernels; cuda: the GPU kernels "
+                            "with synchronized timings (needs numba-cuda and a GPU, or "
+                            "NUMBA_ENABLE_CUDASIM=1 with --smoke)")
+    bench.add_argument("--smoke", action="store_true",
+                       help="with --device cuda: tiny shapes, one call each (a check that "
+                            "every GPU kernel runs and matches the oracle)")
     experiment = sub.add_parser(
         "experiment", help="run one of the tutorial's experiments; write NAME.csv and NAME.png",
         description="Run one of the tutorial's batch-normalization experiments on "
@@ -79,7 +91,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fastbn bench: unknown op(s) {sorted(unknown)}; choose from {OPS}",
                   file=sys.stderr)
             return 2
-        bench.run(quick=args.quick, ops=ops, json_path=args.json, plot_path=args.plot)
+        if args.device == "cuda":
+            if args.plot or args.cold:
+                print("fastbn bench: --plot and --cold are CPU options; drop them with "
+                      "--device cuda", file=sys.stderr)
+                return 2
+            from . import bench_cuda
+
+            try:
+                report = bench_cuda.run(quick=args.quick, smoke=args.smoke, ops=ops,
+                                        json_path=args.json)
+            except (RuntimeError, ValueError) as exc:
+                print(f"fastbn bench --device cuda: {exc}", file=sys.stderr)
+                return 2
+            return 1 if bench_cuda.failures(report) else 0
+        if args.smoke:
+            print("fastbn bench: --smoke goes with --device cuda", file=sys.stderr)
+            return 2
+        bench.run(quick=args.quick, ops=ops, json_path=args.json, plot_path=args.plot,
+                  cold=args.cold)
         return 0
     if args.command == "warmup":
         from .warmup import warmup
