@@ -31,9 +31,22 @@ CHUNK_ELEMENTS = 1 << 14
 #: rows of the (outer, C * inner) matrix and accumulate per column.
 ROW_KERNEL_MIN_INNER = 32
 
-#: Column blocks of the column kernels hold at most this many columns, so a
-#: block's accumulators stay in L1.
+#: Column blocks of layer norm's long rows (the output and ``dx`` passes, the
+#: weight gradients' partial sums) hold at most this many columns.
 COLUMN_BLOCK = 256
+
+#: Columns per task of the column reductions (channels-last and 2-D
+#: statistics and gradient sums): whole rows up to this many columns, whose
+#: float64 accumulators (16 bytes a column, 16 KB) stay in L1.  Narrower
+#: blocks cut each row into short strided runs that the prefetchers follow
+#: badly: (4096, 1024) float32 gradient sums, 2 threads, 0.71 ms in 64 x 1024
+#: blocks vs 0.80-0.91 ms in 64 x 256.
+COLUMN_REDUCE_WIDTH = 1024
+
+#: Rows per task of the column reductions: at least this many, and
+#: ``CHUNK_ELEMENTS // width`` when that is more, so the per-task partials
+#: stay few (16 x 1024 blocks: 0.79 ms, and four times the partials to fold).
+COLUMN_REDUCE_ROWS = 64
 
 #: Column blocks of the elementwise column passes (output, dx) hold at most
 #: this many columns: whole rows of most 2-D and channels-last inputs.
