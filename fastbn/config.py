@@ -16,9 +16,17 @@ function of the thread count, so results are identical for any
 FASTMATH = {"reassoc", "contract", "arcp"}
 JIT_OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath=FASTMATH)
 
-#: Inputs with at most this many elements run a serial kernel: a parallel
-#: launch costs a few microseconds of thread wake-up, more than the work.
-SERIAL_MAX_ELEMENTS = 1 << 16
+#: Inputs with at most this many elements run a serial kernel.  A parallel
+#: launch costs thread wake-ups, and right after a NumPy matrix product it can
+#: cost milliseconds: OpenBLAS's threads keep spinning for a while and hold
+#: the cores Numba's threads need.  Measured on 2 shared cores (Intel Xeon),
+#: (512, 256) float32 batch-norm training forward: 85 us parallel vs 74 us
+#: serial alone, 2282 vs 203 us right after a (512, 784) @ (784, 256)
+#: product on OpenBLAS's 2 threads; the tutorial's MLP at batch 512 steps in
+#: 5.8 ms instead of 16.3 ms (``python scripts/network_step.py``).  Above
+#: about 256K elements (1 MB of float32) the second core's bandwidth pays:
+#: (2, 64, 56, 56) group norm is faster in parallel.
+SERIAL_MAX_ELEMENTS = 1 << 18
 
 #: Elements per work chunk of a reduction.  Each chunk's shifted sums are
 #: turned into (count, mean, M2) and chunks are merged in index order with

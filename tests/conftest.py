@@ -25,7 +25,8 @@ def rng():
 #: narrow column blocks: "fused" through the one-task-per-channel/group/row
 #: paths (with few row-block tasks, so tasks hold several and odd numbers of
 #: rows), "split" through the chunked multi-pass paths (long layer-norm rows).
-_SMALL_CHUNKS = dict(SERIAL_MAX_ELEMENTS=0, CHUNK_ELEMENTS=16, COLUMN_BLOCK=3, APPLY_WIDTH=5)
+_SMALL_CHUNKS = dict(SERIAL_MAX_ELEMENTS=0, CHUNK_ELEMENTS=16, COLUMN_BLOCK=3, APPLY_WIDTH=5,
+                     COLUMN_REDUCE_WIDTH=3, COLUMN_REDUCE_ROWS=1)
 KERNEL_CONFIGS = {
     "default": {},
     "fused": dict(_SMALL_CHUNKS, FUSED_MIN_CHANNELS=1, ROW_BLOCK_TASKS=3),
