@@ -310,7 +310,10 @@ class BatchNorm(Module):
                 f"got x of shape {x.shape} with {x.shape[ax]} channels along axis {self.axis}"
                 + (f" split into sub-batches of {self.virtual_batch_size}"
                    if len(bounds) > 1 else ""))
-        before = {k: v.copy() for k, v in self.buffers.items()} if update else {}
+        # fastbn.batch_norm leaves the running statistics as they were when it
+        # raises; only a later sub-batch's error needs the earlier ones undone.
+        before = ({k: v.copy() for k, v in self.buffers.items()}
+                  if update and len(bounds) > 1 else {})
         y = np.empty_like(x)
         chunks = []
         try:
@@ -381,6 +384,15 @@ class BatchNorm(Module):
             raise RuntimeError(f"{self!r}: backward() called before forward()")
         x, y, batch_stats, chunks = self._saved
         dy = _checks.same_as_x(dy, x, "dy")
+        if len(chunks) == 1 and chunks[0][4] is None:  # one batch, no renorm: dx as returned
+            _, mean, rstd, weight, _, mask = chunks[0]
+            dx, dw, db = F.batch_norm_backward(
+                dy, x, mean, rstd, weight, training=batch_stats, axis=self.axis,
+                activation=self.activation, y=y if self.activation else None,
+                **_masked(mask if batch_stats else None))
+            _store(self.grads, "weight", dw)
+            _store(self.grads, "bias", db)
+            return dx
         dx = np.empty_like(x)
         dweight = np.zeros(self.num_features)
         dbias = np.zeros(self.num_features)
