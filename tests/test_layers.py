@@ -9,7 +9,7 @@ imported.  The rules are those of ``docs/developer/map.md``:
 - ``nn`` sits on ``functional`` and ``_checks`` and never imports a kernel
   package; ``experiments`` sit on ``nn``; ``distributed`` and ``dask`` sit on
   ``functional`` and ``_checks``.
-- The tools (``bench``, ``check``, ``warmup``, ``cli``, ``__main__``) may
+- The tools (``bench``, ``bench_cuda``, ``check``, ``warmup``, ``cli``, ``__main__``) may
   import everything, and nothing but a tool imports a tool.
 - Outside ``fastbn/cuda/``, CUDA is imported only inside a function, so
   ``import fastbn`` never imports it; at module level fastbn imports only the
@@ -35,7 +35,7 @@ PACKAGE = REPO / "fastbn"
 
 #: Modules that import nothing from fastbn.
 LEAVES = ("config", "_device", "_cache", "reference", "formula")
-TOOLS = ("bench", "check", "warmup", "cli", "__main__")
+TOOLS = ("bench", "bench_cuda", "check", "warmup", "cli", "__main__")
 PACKAGES = ("cpu", "cuda", "nn", "experiments")
 
 #: What each layer may import from fastbn: layer names, or dotted module names
