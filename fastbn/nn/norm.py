@@ -314,13 +314,18 @@ class BatchNorm(Module):
         # raises; only a later sub-batch's error needs the earlier ones undone.
         before = ({k: v.copy() for k, v in self.buffers.items()}
                   if update and len(bounds) > 1 else {})
-        y = np.empty_like(x)
+        # One batch: the kernel allocates y (no out=, so no overlap checks).
+        y = np.empty_like(x) if len(bounds) > 1 else None
         chunks = []
         try:
             for a, b in bounds:
                 rows = slice(a, b)
                 sub = None if mask is None else mask[rows]
-                chunks.append((rows, *self._train_chunk(x[rows], y[rows], update, sub), sub))
+                y_c, *saved = self._train_chunk(x[rows], None if y is None else y[rows],
+                                                update, sub)
+                if y is None:
+                    y = y_c
+                chunks.append((rows, *saved, sub))
         except BaseException:
             for k, v in before.items():
                 self.buffers[k][...] = v
@@ -342,20 +347,21 @@ class BatchNorm(Module):
         return 1.0 / float(self.buffers["num_batches_tracked"] + 1)
 
     def _train_chunk(self, x, y, update: bool, mask=None):
-        """Normalize one (sub-)batch with its own statistics into ``y``; returns
-        what the backward pass needs: ``(mean, rstd, weight_used, (r, d))``."""
+        """Normalize one (sub-)batch with its own statistics into ``y`` (None: a new
+        array); returns the output and what the backward pass needs: ``(y, mean,
+        rstd, weight_used, (r, d))``."""
         weight = self.params.get("weight")
         bias = self.params.get("bias")
         rm = self.buffers.get("running_mean") if update else None
         rv = self.buffers.get("running_var") if update else None
         if not (self.renorm and update):
-            _, mean, rstd = F.batch_norm(x, weight, bias, rm, rv, training=True,
+            y, mean, rstd = F.batch_norm(x, weight, bias, rm, rv, training=True,
                                          momentum=self._momentum(), eps=self.eps,
                                          axis=self.axis, out=y, activation=self.activation,
                                          **_masked(mask))
             if update:
                 self.buffers["num_batches_tracked"] += 1
-            return mean, rstd, weight, None
+            return y, mean, rstd, weight, None
 
         # Batch renormalization: r and d from the batch and running statistics
         # (float64), then one elementwise pass with the batch statistics and the
@@ -370,13 +376,13 @@ class BatchNorm(Module):
         w = np.ones(self.num_features) if weight is None else weight.astype(np.float64)
         b = np.zeros(self.num_features) if bias is None else bias.astype(np.float64)
         w_eff = w * r
-        _, _, rstd = F.batch_norm(x, w_eff, w * d + b, mu_b, var_b, training=False,
+        y, _, rstd = F.batch_norm(x, w_eff, w * d + b, mu_b, var_b, training=False,
                                   eps=self.eps, axis=self.axis, out=y,
                                   activation=self.activation)
         F._update_running(rm, rv, mu_b, m2, count, self._momentum())
         self.buffers["num_batches_tracked"] += 1
         sdtype = rstd.dtype
-        return mu_b.astype(sdtype), rstd, w_eff, (r, d)
+        return y, mu_b.astype(sdtype), rstd, w_eff, (r, d)
 
     # -- backward ----------------------------------------------------------
     def backward(self, dy: np.ndarray) -> np.ndarray:
